@@ -1,0 +1,80 @@
+"""Shared helpers for plait's benchmarks: percentiles, baselines run as subprocesses, tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_JINA_PYTHON = ROOT.parent / "jina-venv" / "bin" / "python"
+
+
+def percentile(sorted_vals: Sequence[float], q: float) -> float:
+    """Nearest rank on a sorted list (index ceil(q*n)-1), the rule the baseline scripts use."""
+    return sorted_vals[max(0, math.ceil(q * len(sorted_vals)) - 1)]
+
+
+def latency_ms(call: Callable[[], Any], n: int, warmup: int = 20, budget_s: float = 120.0) -> dict[str, float]:
+    for _ in range(warmup):
+        call()
+    samples: list[float] = []
+    deadline = time.monotonic() + budget_s
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if time.monotonic() > deadline:
+            break
+    samples.sort()
+    return {"p50_ms": percentile(samples, 0.5), "p99_ms": percentile(samples, 0.99)}
+
+
+def run_baseline(argv: list[str], timeout: float = 900.0) -> dict[str, Any] | None:
+    """Run a baseline script and parse the JSON object on its last stdout line."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+    except subprocess.TimeoutExpired:
+        print(f"baseline timed out: {' '.join(argv)}", file=sys.stderr)
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        print(f"baseline failed ({out.returncode}): {' '.join(argv)}\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def median_of(rounds: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rounds if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"

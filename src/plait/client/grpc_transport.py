@@ -1,0 +1,154 @@
+"""gRPC transport: one ``grpc.aio`` channel for the client's life, balancing over replicas.
+
+Several addresses become one channel with the ``round_robin`` policy, so each call goes to the
+next ready replica and a dead replica is skipped until it comes back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from plait.client.transport import Call, EndpointDescription, Reply, ServiceDescription, Transport
+from plait.errors import ClientClosedError, PlaitError, UnavailableError
+from plait.wire import SERVICE_NAME, error_from_rpc_error
+from plait.wire import plait_pb2 as pb
+
+_METHOD = f"/{SERVICE_NAME}/"
+
+
+def _ip_of(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+
+
+def channel_target(addresses: Sequence[str]) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target string (and extra options) for one or several ``host:port`` addresses."""
+    if len(addresses) == 1:
+        return addresses[0], []
+    resolved = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        resolved.append(f"{_ip_of(host.strip('[]'))}:{port}")
+    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    return "ipv4:" + ",".join(resolved), [("grpc.service_config", config)]
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
+    return json.loads(raw) if raw else {}
+
+
+class GrpcTransport(Transport):
+    scheme = "grpc"
+
+    def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
+        super().__init__(addresses, max_message_size=max_message_size)
+        self._channel: grpc.aio.Channel | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this client is closed; create a new one")
+        if self._channel is not None:
+            return
+        target, options = channel_target(self.addresses)
+        limit = self.max_message_size or -1
+        options += [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.enable_retries", 0),
+        ]
+        channel = grpc.aio.insecure_channel(target, options=options)
+        self._channel = channel
+        self._process = channel.unary_unary(
+            _METHOD + "Process", request_serializer=pb.Request.SerializeToString, response_deserializer=pb.Response.FromString
+        )
+        self._stream = channel.unary_stream(
+            _METHOD + "Stream", request_serializer=pb.Request.SerializeToString, response_deserializer=pb.Response.FromString
+        )
+        self._describe = channel.unary_unary(
+            _METHOD + "Describe",
+            request_serializer=pb.DescribeRequest.SerializeToString,
+            response_deserializer=pb.DescribeResponse.FromString,
+        )
+        self._health = health_pb2_grpc.HealthStub(channel)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    def _error(self, err: grpc.RpcError) -> PlaitError:
+        error = error_from_rpc_error(err)
+        if isinstance(error, UnavailableError) and "address" not in error.details:
+            error.details["address"] = ",".join(self.addresses)
+            error.message = f"{error.message} (server at {', '.join(self.addresses)})"
+            error.args = (error.message,)
+        return error
+
+    @staticmethod
+    def _request(call: Call) -> pb.Request:
+        return pb.Request(
+            request_id=call.request_id,
+            endpoint=call.endpoint,
+            parameters=json.dumps(call.parameters).encode() if call.parameters else b"",
+            target_executor=call.target_executor,
+            docs=call.docs,
+        )
+
+    async def call(self, call: Call, timeout: float | None = None) -> Reply:
+        await self.open()
+        try:
+            response = await self._process(self._request(call), timeout=timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return Reply(response.request_id, response.docs, _loads(response.parameters))
+
+    async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
+        await self.open()
+        rpc = self._stream(self._request(call), timeout=timeout)
+        try:
+            async for response in rpc:
+                yield Reply(response.request_id, response.docs, _loads(response.parameters))
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        finally:
+            rpc.cancel()
+
+    async def health(self, timeout: float | None = None) -> str:
+        await self.open()
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    async def describe(self, timeout: float | None = None) -> ServiceDescription:
+        await self.open()
+        try:
+            reply = await self._describe(pb.DescribeRequest(), timeout=timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        endpoints = {
+            e.name: EndpointDescription(
+                name=e.name,
+                input_schema=_loads(e.input_schema.encode()),
+                output_schema=_loads(e.output_schema.encode()),
+                streaming=e.streaming,
+                doc=e.doc,
+                parameters_schema=_loads(e.parameters_schema.encode()) if e.parameters_schema else None,
+            )
+            for e in reply.endpoints
+        }
+        return ServiceDescription(reply.name, reply.kind, reply.version, endpoints, reply.executor_class)

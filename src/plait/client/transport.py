@@ -1,0 +1,80 @@
+"""The one interface every protocol implements. Adding a protocol is one module and one dict entry."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request as a client sends it: docs already encoded in the plait codec."""
+
+    endpoint: str
+    docs: bytes
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    target_executor: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response as a transport returns it: docs still encoded."""
+
+    request_id: str
+    docs: bytes
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointDescription:
+    name: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    streaming: bool = False
+    doc: str = ""
+    parameters_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDescription:
+    """What ``describe()`` returns: who answers and which endpoints it serves."""
+
+    name: str
+    kind: str
+    version: str
+    endpoints: Mapping[str, EndpointDescription]
+    executor_class: str = ""
+
+
+class Transport(abc.ABC):
+    """One long-lived connection (or pool of them) to a plait server."""
+
+    scheme: ClassVar[str]
+
+    def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
+        self.addresses = tuple(addresses)
+        self.max_message_size = max_message_size
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def call(self, call: Call, timeout: float | None = None) -> Reply:
+        """One request, one reply. Raises a :class:`plait.errors.PlaitError`."""
+
+    @abc.abstractmethod
+    def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
+        """One request to a streaming endpoint; one reply per yielded document."""
+
+    @abc.abstractmethod
+    async def health(self, timeout: float | None = None) -> str:
+        """'SERVING', 'NOT_SERVING' or 'UNREACHABLE'."""
+
+    @abc.abstractmethod
+    async def describe(self, timeout: float | None = None) -> ServiceDescription: ...

@@ -1,0 +1,252 @@
+"""The plait wire codec: documents ⇄ bytes, JSON ⇄ bytes.
+
+Format (version 1)::
+
+    byte 0      FORMAT_VERSION (1)
+    bytes 1..   a msgpack array with one map per document (field name -> value)
+
+Nested documents are maps, lists of documents are arrays. A numpy array is msgpack extension
+type ``TENSOR_EXT`` (1) whose payload is::
+
+    u8 len | dtype str (``arr.dtype.str``, e.g. ``<f4``) | u8 ndim | ndim x u64le shape | raw C-order bytes
+
+numpy scalars travel as plain msgpack numbers. Nothing in the bytes names a schema, so a gateway
+can decode, merge and re-encode rows (:func:`decode_raw` / :func:`encode_raw`) without knowing
+document types; only the endpoint that consumes documents validates them (:func:`decode_docs`).
+
+An empty payload (``b''``) is an empty list of documents, so an unset protobuf bytes field means
+"no documents".
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import numpy as np
+from pydantic_core import PydanticSerializationError
+
+from plait.docs.doclist import DocList, doclist_of, dump_docs
+from plait.docs.document import Document
+from plait.errors import CodecError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TENSOR_EXT",
+    "decode_docs",
+    "decode_raw",
+    "encode_docs",
+    "encode_raw",
+    "json_to_wire",
+    "wire_to_json",
+]
+
+FORMAT_VERSION = 1
+TENSOR_EXT = 1
+
+T = TypeVar("T", bound=Document)
+Buffer = bytes | bytearray | memoryview
+
+_VERSION_PREFIX = bytes([FORMAT_VERSION])
+
+
+# -- public API ------------------------------------------------------------------------------
+
+
+def encode_docs(docs: Sequence[Document]) -> bytes:
+    """Encode documents (a ``DocList`` or any sequence of ``Document``) to codec bytes.
+
+    Each document is encoded with its runtime type, nested documents and ``DocList`` fields
+    included. Raises :class:`CodecError` for values the format cannot carry (object arrays,
+    integers beyond 64 bits, non-documents in ``docs``).
+    """
+    try:
+        rows = dump_docs(docs)
+    except (TypeError, PydanticSerializationError) as exc:
+        raise CodecError(f"cannot encode documents: {exc}") from None
+    return _encode_rows(rows)
+
+
+def decode_docs(data: Buffer, doc_type: type[T]) -> DocList[T]:
+    """Decode codec bytes into ``DocList[doc_type]``, validating every document.
+
+    Tensors are decoded without a copy: each array is a view over ``data`` (read-only when
+    ``data`` is ``bytes``; call ``.copy()`` before writing in place) and keeps ``data`` alive.
+    Views may be unaligned for their dtype; numpy handles that transparently. Fields whose
+    ``NdArray[dtype]`` differs from the sent dtype are converted, which copies.
+
+    Raises :class:`CodecError` for bytes that are not a valid payload and :class:`SchemaError`
+    (naming each failing field path, e.g. ``docs[3].text``) for documents that do not match
+    ``doc_type``.
+    """
+    return doclist_of(doc_type).from_dicts(_decode_rows(data))
+
+
+def decode_raw(data: Buffer) -> list[dict[str, Any]]:
+    """Decode codec bytes into plain dicts without a schema; tensors are zero-copy arrays."""
+    return _decode_rows(data)
+
+
+def encode_raw(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Encode plain rows (as returned by :func:`decode_raw`) to codec bytes."""
+    return _encode_rows(rows)
+
+
+def json_to_wire(data: bytes | str) -> bytes:
+    """Translate a JSON array of document objects into codec bytes.
+
+    Tensors written as nested lists stay lists here; the receiving endpoint's ``NdArray`` field
+    turns them into arrays. Raises :class:`CodecError` (with the position) for malformed JSON or
+    anything other than an array of objects.
+    """
+    try:
+        rows = _JSON_DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise CodecError(f"JSON is not an array of document objects: {exc}") from None
+    except msgspec.DecodeError as exc:
+        where = f" (byte {len(data.encode() if isinstance(data, str) else data)}, end of input)"
+        raise CodecError(f"malformed JSON: {exc}{where if 'truncated' in str(exc) else ''}") from None
+    return _encode_rows(rows)
+
+
+def wire_to_json(data: Buffer) -> bytes:
+    """Translate codec bytes into a JSON array of document objects; tensors become nested lists."""
+    rows = _decode_rows(data)
+    try:
+        return _JSON_ENCODER.encode(rows)
+    except (CodecError, TypeError, ValueError, OverflowError) as exc:  # e.g. complex numbers
+        raise CodecError(f"documents cannot be expressed as JSON: {exc}") from None
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    buf = bytearray(_VERSION_PREFIX)
+    try:
+        _MSGPACK_ENCODER.encode_into(rows, buf, 1)
+    except CodecError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:  # unsupported types, huge ints, bad str
+        raise CodecError(f"cannot encode documents: {exc}") from None
+    return bytes(buf)
+
+
+def _msgpack_enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return msgspec.msgpack.Ext(TENSOR_EXT, _tensor_payload(obj))
+    return _common_enc_hook(obj)
+
+
+def _json_enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return _common_enc_hook(obj)
+
+
+def _common_enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise CodecError(f"cannot encode a value of type {type(obj).__name__}")
+
+
+def _tensor_payload(arr: np.ndarray[Any, Any]) -> bytes:
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    header = _tensor_header(arr.dtype, arr.shape)
+    try:
+        return b"".join((header, arr))  # type: ignore[arg-type]  # ndarray exports a buffer; one copy
+    except (ValueError, TypeError):  # datetime64 & co. have no buffer format; their bytes do
+        return b"".join((header, arr.reshape(-1).view(np.uint8).data))
+
+
+@functools.lru_cache(maxsize=1024)
+def _tensor_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    # Cached: a batch repeats the same dtype and shape once per document.
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise CodecError(f"cannot encode a tensor of dtype {dtype}: only plain (non-object) dtypes travel")
+    dtype_str = dtype.str.encode("ascii")
+    return struct.pack(f"<B{len(dtype_str)}sB{len(shape)}Q", len(dtype_str), dtype_str, len(shape), *shape)
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def _decode_rows(data: Buffer) -> list[dict[str, Any]]:
+    if not data:
+        return []
+    view = memoryview(data).cast("B")
+    if view[0] != FORMAT_VERSION:
+        raise CodecError(f"unsupported plait codec version {view[0]} (this side speaks {FORMAT_VERSION})")
+    try:
+        # Decoding a slice of the caller's buffer: ext payloads stay views into ``data``.
+        rows: list[dict[str, Any]] = _MSGPACK_DECODER.decode(view[1:])
+    except CodecError:
+        raise
+    except msgspec.DecodeError as exc:
+        raise CodecError(f"malformed payload: {exc}") from None
+    except Exception as exc:  # bad bytes must never surface as anything but CodecError
+        raise CodecError(f"malformed payload: {type(exc).__name__}: {exc}") from None
+    return rows
+
+
+def _msgpack_ext_hook(code: int, data: memoryview) -> Any:
+    if code != TENSOR_EXT:
+        raise CodecError(f"malformed payload: unknown msgpack extension type {code}")
+    try:
+        return _tensor_from_payload(data)
+    except CodecError:
+        raise
+    except Exception as exc:  # numpy refusing a shape/dtype read from untrusted bytes
+        raise CodecError(f"malformed payload: bad tensor: {exc}") from None
+
+
+def _tensor_from_payload(data: memoryview) -> np.ndarray[Any, Any]:
+    size = len(data)
+    if size < 2 or size < data[0] + 2:
+        raise CodecError("malformed payload: truncated tensor header")
+    header_size = data[0] + 2 + 8 * data[data[0] + 1]
+    if size < header_size:
+        raise CodecError("malformed payload: truncated tensor shape")
+    dtype, shape, nbytes = _parse_tensor_header(data[:header_size].tobytes())
+    if nbytes != size - header_size:
+        raise CodecError(
+            f"malformed payload: tensor of shape {shape} and dtype {dtype} needs {nbytes} bytes, "
+            f"got {size - header_size}"
+        )
+    # An array over the caller's buffer: no copy, and it keeps that buffer alive.
+    return np.ndarray(shape, dtype, data, header_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_tensor_header(header: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    # Cached: a batch repeats the same header once per document. Failures are not cached.
+    n = header[0]
+    dtype = _dtype(header[1 : 1 + n])
+    ndim = header[1 + n]
+    shape: tuple[int, ...] = struct.unpack_from(f"<{ndim}Q", header, 2 + n)
+    return dtype, shape, math.prod(shape) * dtype.itemsize
+
+
+def _dtype(spec: bytes) -> np.dtype[Any]:
+    try:
+        dtype = np.dtype(spec.decode("ascii"))
+    except Exception as exc:
+        raise CodecError(f"malformed payload: bad tensor dtype {spec!r}") from exc
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise CodecError(f"malformed payload: tensor dtype {dtype} cannot be read from raw bytes")
+    return dtype
+
+
+# msgspec encoders/decoders are reusable and thread-safe; building them once keeps their
+# internal caches warm across calls.
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=_msgpack_enc_hook)
+_MSGPACK_DECODER = msgspec.msgpack.Decoder(list[dict[str, Any]], ext_hook=_msgpack_ext_hook)
+_JSON_ENCODER = msgspec.json.Encoder(enc_hook=_json_enc_hook)
+_JSON_DECODER = msgspec.json.Decoder(list[dict[str, Any]])

@@ -1,0 +1,53 @@
+"""``@requests``: bind an Executor method to one or more endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, overload
+
+DEFAULT_ENDPOINT = "/default"
+"""Where ``@requests`` without ``on`` binds: the fallback for every endpoint not bound otherwise."""
+
+ENDPOINTS_ATTR = "__plait_endpoints__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _normalize(on: str | Sequence[str] | None) -> tuple[str, ...]:
+    if on is None:
+        return (DEFAULT_ENDPOINT,)
+    names = [on] if isinstance(on, str) else list(on)
+    if not names:
+        raise ValueError("@requests(on=...) needs at least one endpoint")
+    out = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"endpoint names are non-empty strings, got {name!r}")
+        out.append(name if name.startswith("/") else f"/{name}")
+    return tuple(out)
+
+
+@overload
+def requests(func: F, /) -> F: ...
+@overload
+def requests(*, on: str | Sequence[str] | None = None) -> Callable[[F], F]: ...
+
+
+def requests(func: F | None = None, /, *, on: str | Sequence[str] | None = None) -> F | Callable[[F], F]:
+    """Mark an Executor method as the handler of endpoint(s) ``on``.
+
+    ``@requests`` alone binds the default endpoint, which serves any endpoint that has no handler
+    of its own. The method may be ``def`` or ``async def``, take ``docs: DocList[T]`` (the whole
+    request) or ``doc: T`` (called once per document), and may be a generator that yields
+    documents (a streaming endpoint).
+    """
+    names = _normalize(on)
+
+    def mark(fn: F) -> F:
+        previous: tuple[str, ...] = getattr(fn, ENDPOINTS_ATTR, ())
+        setattr(fn, ENDPOINTS_ATTR, previous + tuple(n for n in names if n not in previous))
+        return fn
+
+    if func is not None:
+        return mark(func)
+    return mark

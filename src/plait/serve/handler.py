@@ -1,0 +1,197 @@
+"""Run requests against one Executor instance: decode, call the endpoint, encode.
+
+This is protocol-free: it takes and returns ``plait.v1`` messages and raises :class:`PlaitError`;
+the gRPC servicer turns those into statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+import traceback
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import ValidationError
+
+from plait._version import __version__
+from plait.docs import DocList, Document, decode_docs, encode_docs
+from plait.errors import BadRequestError, EndpointNotFoundError, ExecutorError, PlaitError, SchemaError
+from plait.executor import DEFAULT_ENDPOINT, EndpointSpec, Executor
+from plait.executor.endpoints import call_endpoint, parse_parameters, stream_endpoint
+from plait.wire import plait_pb2 as pb
+
+RESULTS_KEY = "__results__"
+
+
+def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise BadRequestError(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise BadRequestError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+class RequestHandler:
+    """Serves the endpoints of one Executor instance."""
+
+    def __init__(self, executor: Executor, *, name: str, allow_concurrent: bool = False) -> None:
+        self.executor = executor
+        self.name = name
+        self._table: Mapping[str, EndpointSpec] = type(executor).endpoints
+        self._default = self._table.get(DEFAULT_ENDPOINT)
+        # One worker keeps sync endpoints in order (safe for code that is not thread-safe);
+        # allow_concurrent=True lets them overlap.
+        self._pool = ThreadPoolExecutor(
+            max_workers=32 if allow_concurrent else 1, thread_name_prefix=f"plait-{name}"
+        )
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        try:
+            self.executor.close()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def lookup(self, endpoint: str) -> EndpointSpec:
+        spec = self._table.get(endpoint) or self._default
+        if spec is None:
+            known = ", ".join(sorted(self._table)) or "none"
+            raise EndpointNotFoundError(
+                f"executor {self.name!r} has no endpoint {endpoint!r} (it serves: {known})",
+                executor=self.name,
+                endpoint=endpoint,
+            )
+        return spec
+
+    def targets_me(self, pattern: str) -> bool:
+        try:
+            return not pattern or re.match(pattern, self.name) is not None
+        except re.error as e:
+            raise BadRequestError(f"target_executor {pattern!r} is not a valid regex: {e}") from e
+
+    def _executor_error(self, endpoint: str, exc: BaseException) -> ExecutorError:
+        tb = "".join(traceback.format_exception(exc))
+        return ExecutorError(
+            f"{type(exc).__name__}: {exc}",
+            executor=self.name,
+            endpoint=endpoint,
+            exc_type=type(exc).__name__,
+            traceback=tb,
+        )
+
+    def _prepare(self, request: pb.Request) -> tuple[EndpointSpec, DocList[Any], Any]:
+        spec = self.lookup(request.endpoint)
+        raw_params = _parse_json_object(request.parameters, "parameters")
+        try:
+            params = parse_parameters(spec, raw_params)
+        except ValidationError as e:
+            raise SchemaError(
+                f"parameters for {request.endpoint!r} do not match {spec.parameters_type.__name__}: "  # type: ignore[union-attr]
+                + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()),
+                executor=self.name,
+                endpoint=request.endpoint,
+            ) from e
+        docs = decode_docs(request.docs, spec.input_type)
+        return spec, docs, params
+
+    async def process(self, request: pb.Request) -> pb.Response:
+        """Serve one unary request."""
+        if not self.targets_me(request.target_executor):
+            return pb.Response(request_id=request.request_id, docs=request.docs, parameters=request.parameters)
+        try:
+            spec, docs, params = self._prepare(request)
+        except PlaitError as e:
+            e.details.setdefault("executor", self.name)
+            e.details.setdefault("endpoint", request.endpoint)
+            raise
+        try:
+            result = await call_endpoint(spec, self.executor, docs, params, self.run_sync)
+        except PlaitError:
+            raise
+        except Exception as e:
+            raise self._executor_error(request.endpoint, e) from e
+        return self._response(request, spec, docs, result)
+
+    def _response(self, request: pb.Request, spec: EndpointSpec, docs: DocList[Any], result: Any) -> pb.Response:
+        params_out = request.parameters
+        if result is None:
+            out_docs: Sequence[Document] = docs
+        elif isinstance(result, Mapping):
+            out_docs = docs
+            merged = _parse_json_object(request.parameters, "parameters")
+            merged.setdefault(RESULTS_KEY, {})[self.name] = dict(result)
+            try:
+                params_out = json.dumps(merged).encode()
+            except (TypeError, ValueError) as e:
+                raise self._executor_error(request.endpoint, e) from e
+        elif isinstance(result, Sequence) and all(isinstance(d, Document) for d in result):
+            out_docs = result
+        else:
+            raise ExecutorError(
+                f"endpoint returned {type(result).__name__}; return a DocList, None (keep the input docs) "
+                "or a dict (results in parameters['__results__'])",
+                executor=self.name,
+                endpoint=request.endpoint,
+            )
+        try:
+            payload = encode_docs(out_docs)
+        except Exception as e:
+            raise self._executor_error(request.endpoint, e) from e
+        return pb.Response(request_id=request.request_id, docs=payload, parameters=params_out)
+
+    async def stream(self, request: pb.Request) -> AsyncIterator[pb.Response]:
+        """Serve a streaming request: one response per document the endpoint yields.
+
+        A non-streaming endpoint answers with a single response.
+        """
+        spec, docs, params = self._prepare(request)
+        if not spec.streaming:
+            yield await self.process(request)
+            return
+        try:
+            for doc in docs:
+                async for item in stream_endpoint(spec, self.executor, doc, params, self.run_sync):
+                    if not isinstance(item, Document):
+                        raise TypeError(f"a streaming endpoint yields Documents, got {type(item).__name__}")
+                    yield pb.Response(request_id=request.request_id, docs=encode_docs([item]))
+        except PlaitError:
+            raise
+        except Exception as e:
+            raise self._executor_error(request.endpoint, e) from e
+
+    def describe(self) -> pb.DescribeResponse:
+        endpoints = []
+        for name, spec in sorted(self._table.items()):
+            endpoints.append(
+                pb.EndpointInfo(
+                    name=name,
+                    input_schema=json.dumps(spec.input_type.model_json_schema()),
+                    output_schema=json.dumps(spec.output_type.model_json_schema()),
+                    streaming=spec.streaming,
+                    doc=spec.doc,
+                    parameters_schema=json.dumps(spec.parameters_type.model_json_schema())
+                    if spec.parameters_type
+                    else "",
+                )
+            )
+        ra = self.executor.runtime_args
+        return pb.DescribeResponse(
+            name=self.name,
+            kind="executor",
+            version=__version__,
+            endpoints=endpoints,
+            executor_class=type(self.executor).__qualname__,
+            replica_id=ra.replica_id,
+            shard_id=ra.shard_id,
+        )

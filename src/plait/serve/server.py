@@ -1,0 +1,192 @@
+"""The gRPC server that hosts one Executor replica.
+
+Lifecycle: load the Executor, bind the ports, report SERVING on the standard ``grpc.health.v1``
+service, serve until SIGTERM/SIGINT (or until the parent process goes away), then drain: health
+turns NOT_SERVING, new RPCs are refused, in-flight ones get ``grace_period`` seconds, and
+``Executor.close()`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from plait.config import ReplicaConfig
+from plait.errors import PlaitError, StartupError
+from plait.executor.loader import load_executor
+from plait.serve.handler import RequestHandler
+from plait.wire import SERVICE_NAME, abort_with, plait_pb2_grpc
+from plait.wire import plait_pb2 as pb
+
+log = logging.getLogger("plait.serve")
+
+STREAM_WINDOW = 64
+"""Requests one ProcessStream call runs at once; further ones wait to be read (backpressure)."""
+
+PARENT_POLL_S = 0.25
+
+
+class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
+    """``plait.v1.Plait`` over a :class:`RequestHandler`."""
+
+    def __init__(self, handler: RequestHandler) -> None:
+        self.handler = handler
+        self._description = handler.describe()
+
+    async def Process(self, request: pb.Request, context: Any) -> pb.Response:
+        try:
+            return await self.handler.process(request)
+        except PlaitError as e:
+            await abort_with(context, e)
+
+    async def Stream(self, request: pb.Request, context: Any) -> AsyncIterator[pb.Response]:
+        try:
+            async for response in self.handler.stream(request):
+                yield response
+        except PlaitError as e:
+            await abort_with(context, e)
+
+    async def ProcessStream(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.Response]:
+        queue: asyncio.Queue[pb.Response | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+
+        async def one(request: pb.Request) -> None:
+            try:
+                response = await self.handler.process(request)
+            except PlaitError as e:
+                details = json.dumps(e.to_details(), default=str).encode()
+                response = pb.Response(request_id=request.request_id, error=details)
+            finally:
+                window.release()
+            await queue.put(response)
+
+        async def read_all() -> None:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    async for request in request_iterator:
+                        await window.acquire()
+                        tasks.create_task(one(request))
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+
+    async def Describe(self, request: pb.DescribeRequest, context: Any) -> pb.DescribeResponse:
+        return self._description
+
+
+def server_options(max_message_size: int, reuse_port: bool) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_size),
+        ("grpc.max_send_message_length", -1),
+        # gRPC turns SO_REUSEPORT on by default, which hides "port already in use"; only replicas
+        # that deliberately share a public port get it.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class ExecutorServer:
+    """One replica: executor + gRPC server + health, with an explicit start/stop lifecycle."""
+
+    def __init__(self, config: ReplicaConfig) -> None:
+        self.config = config
+        self.handler: RequestHandler | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stop = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.config.executor.name
+
+    def _addresses(self) -> list[tuple[str, int]]:
+        cfg = self.config
+        addrs = [(cfg.host, cfg.port), *((cfg.host, p) for p in cfg.extra_ports)]
+        if cfg.public_port is not None:
+            addrs.append((cfg.public_host or cfg.host, cfg.public_port))
+        return addrs
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        # Constructing an Executor may load a model: keep it off the loop so signals still work.
+        executor = await loop.run_in_executor(None, load_executor, cfg.executor, cfg.runtime_args())
+        self.handler = RequestHandler(executor, name=self.name, allow_concurrent=cfg.executor.allow_concurrent)
+        server = grpc.aio.server(
+            options=server_options(cfg.max_message_size, reuse_port=cfg.public_port is not None)
+        )
+        plait_pb2_grpc.add_PlaitServicer_to_server(PlaitServicer(self.handler), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for host, port in self._addresses():
+            try:
+                bound = server.add_insecure_port(f"{host}:{port}")
+            except RuntimeError as e:
+                raise StartupError(
+                    f"executor {self.name!r} cannot bind {host}:{port} (port in use?): {e}", executor=self.name
+                ) from e
+            if port and bound != port:
+                raise StartupError(f"executor {self.name!r} cannot bind {host}:{port}", executor=self.name)
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        addrs = ", ".join(f"{h}:{p}" for h, p in self._addresses())
+        log.info("executor %r (%s) ready on %s", self.name, type(executor).__name__, addrs)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Drain: refuse new work, give in-flight requests the grace period, close the Executor."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.grace_period)
+        if self.handler is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.handler.close)
+        log.info("executor %r stopped", self.name)
+
+    async def _watch_parent(self, parent_pid: int) -> None:
+        while not self._stop.is_set():
+            if os.getppid() != parent_pid:
+                log.warning("executor %r: parent process %d went away; shutting down", self.name, parent_pid)
+                self._stop.set()
+                return
+            await asyncio.sleep(PARENT_POLL_S)
+
+    async def serve(self) -> None:
+        """Start, serve until asked to stop (signal, parent gone, request_stop), then drain."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        watcher = None
+        if self.config.parent_pid is not None:
+            watcher = asyncio.create_task(self._watch_parent(self.config.parent_pid))
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self.stop()
+
+
+async def serve_replica(config: ReplicaConfig) -> None:
+    """Entry point of an executor process (``plait executor``)."""
+    await ExecutorServer(config).serve()

@@ -1,0 +1,35 @@
+"""Translate between plait exceptions and gRPC status, in both directions, through errors.STATUS_TABLE."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import grpc
+
+from plait.errors import ERROR_METADATA_KEY, PlaitError, error_from_grpc
+
+SERVICE_NAME = "plait.v1.Plait"
+
+
+def error_metadata(error: PlaitError) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying the error's structured details."""
+    return ((ERROR_METADATA_KEY, json.dumps(error.to_details(), default=str).encode()),)
+
+
+async def abort_with(context: Any, error: PlaitError) -> NoReturn:
+    """End the RPC with the status for ``error`` and its details in trailing metadata."""
+    await context.abort(error.grpc_code, str(error.message), trailing_metadata=error_metadata(error))
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def error_from_rpc_error(err: grpc.RpcError) -> PlaitError:
+    """A client-side ``grpc.aio.AioRpcError`` as a plait exception."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    message = err.details() if hasattr(err, "details") else str(err)
+    blob: bytes | None = None
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == ERROR_METADATA_KEY:
+            blob = value if isinstance(value, bytes) else str(value).encode()
+    return error_from_grpc(code, message or "", blob)

@@ -1,0 +1,81 @@
+"""The ``plait`` command as a user runs it: real processes, signals and exit codes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+from conftest import plait_cmd, subprocess_env
+from executors import Text
+
+from plait import Client, __version__
+from plait.orchestrate.process import free_port
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(plait_cmd(*args), capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+def test_version_and_help() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"plait {__version__}"
+    helptext = run_cli("--help").stdout
+    for command in ("executor", "deployment", "ping"):
+        assert command in helptext
+    assert "--uses" in run_cli("executor", "--help").stdout
+
+
+def test_executor_serves_ping_answers_and_sigterm_drains() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        plait_cmd("executor", "--uses", "executors:Echo", "--port", str(port), "--host", "127.0.0.1", "--name", "cli"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        ping = run_cli("ping", f"127.0.0.1:{port}", "--attempts", "40", "--timeout", "0.5")
+        assert ping.returncode == 0, ping.stderr
+        assert "SERVING" in ping.stdout
+        with Client("127.0.0.1", port) as client:
+            assert client.post("/greet", Text(text="cli")).text == ["hello cli"]
+            assert client.describe().name == "cli"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stdout is not None
+        log = proc.stdout.read()
+        assert "ready on 127.0.0.1" in log and "stopped" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    down = run_cli("ping", f"127.0.0.1:{port}", "--timeout", "0.5")
+    assert down.returncode == 1 and "UNREACHABLE" in down.stderr
+
+
+def test_executor_cli_errors_are_short_and_clear() -> None:
+    out = run_cli("executor", "--uses", "executors:NoSuch", "--port", str(free_port()), "--host", "127.0.0.1")
+    assert out.returncode == 1
+    assert "error:" in out.stderr and "NoSuch" in out.stderr
+    out = run_cli("executor", "--uses", "executors:Echo", "--uses-with", "{not json", "--host", "127.0.0.1")
+    assert out.returncode == 1 and "--uses-with is not valid JSON" in out.stderr
+    out = run_cli("ping", "nohostport")
+    assert out.returncode == 1 and "HOST:PORT" in out.stderr
+
+
+def test_port_in_use_is_reported() -> None:
+    port = free_port()
+    first = subprocess.Popen(
+        plait_cmd("executor", "--uses", "executors:Echo", "--port", str(port), "--host", "127.0.0.1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
+    try:
+        assert run_cli("ping", f"127.0.0.1:{port}", "--attempts", "40", "--timeout", "0.5").returncode == 0
+        second = run_cli("executor", "--uses", "executors:Echo", "--port", str(port), "--host", "127.0.0.1")
+        assert second.returncode == 1 and f"cannot bind 127.0.0.1:{port}" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(15)
