@@ -21,7 +21,7 @@ import numpy as np
 from common import DEFAULT_JINA_PYTHON, HERE, fmt, latency_ms, median_of, ratio, rss_mb, run_baseline
 from echo_executor import Emb, Small
 
-from plait import AsyncClient, DocList, Deployment
+from plait import AsyncClient, Deployment, DocList
 
 METRICS = ("p50_ms", "p99_ms", "async_p50_ms", "bulk_small_docs_per_s", "bulk_embed_docs_per_s", "startup_s")
 
@@ -51,7 +51,9 @@ async def async_latency(port: int, n: int) -> float:
 def measure_plait(n_lat: int, n_bulk: int, request_size: int) -> dict[str, Any]:
     small = DocList[Small]([Small(text=f"doc {i}") for i in range(n_bulk)])
     rng = np.random.default_rng(0)
-    embs = DocList[Emb]([Emb(text=f"doc {i}", embedding=rng.random(512, dtype=np.float32)) for i in range(n_bulk)])
+    embs = DocList[Emb](
+        [Emb(text=f"doc {i}", embedding=rng.random(512, dtype=np.float32)) for i in range(n_bulk)]
+    )
     t0 = time.perf_counter()
     with Deployment(uses="echo_executor:EchoExecutor", host="127.0.0.1", quiet=True) as dep:
         startup = time.perf_counter() - t0
@@ -72,11 +74,26 @@ def main() -> int:
     ap.add_argument("--n-lat", type=int, default=300)
     ap.add_argument("--n-bulk", type=int, default=5000)
     ap.add_argument("--request-size", type=int, default=100)
-    ap.add_argument("--jina-python", default=str(DEFAULT_JINA_PYTHON), help="Jina 3.34 interpreter ('' to skip)")
+    ap.add_argument(
+        "--jina-python", default=str(DEFAULT_JINA_PYTHON), help="Jina 3.34 interpreter ('' to skip)"
+    )
     args = ap.parse_args()
-    sizes = ["--n-lat", str(args.n_lat), "--n-bulk", str(args.n_bulk), "--request-size", str(args.request_size)]
+    sizes = [
+        "--n-lat",
+        str(args.n_lat),
+        "--n-bulk",
+        str(args.n_bulk),
+        "--request-size",
+        str(args.request_size),
+    ]
     floor_argv = [sys.executable, str(HERE / "baselines" / "grpc_floor.py"), "--hops", "1", *sizes]
-    jina_argv = [args.jina_python, str(HERE / "baselines" / "jina_echo.py"), "--workload", "deployment", *sizes]
+    jina_argv = [
+        args.jina_python,
+        str(HERE / "baselines" / "jina_echo.py"),
+        "--workload",
+        "deployment",
+        *sizes,
+    ]
     have_jina = bool(args.jina_python) and __import__("os").path.exists(args.jina_python)
 
     plait_rounds, floor_rounds, jina_rounds = [], [], []
@@ -91,7 +108,11 @@ def main() -> int:
             if jina:
                 jina_rounds.append(jina)
 
-    summary: dict[str, Any] = {"benchmark": "deployment", "rounds": args.rounds, "request_size": args.request_size}
+    summary: dict[str, Any] = {
+        "benchmark": "deployment",
+        "rounds": args.rounds,
+        "request_size": args.request_size,
+    }
     for name, rounds in (("plait", plait_rounds), ("grpc_floor", floor_rounds), ("jina", jina_rounds)):
         summary[name] = {m: median_of(rounds, m) for m in METRICS}
     summary["plait"]["rss_mb"] = plait_rounds[-1]["rss_mb"]
@@ -121,7 +142,8 @@ def markdown(s: dict[str, Any]) -> str:
         f"| {fmt(r['async_p50_vs_floor'])}× | — |",
         f"| single-doc p99 (ms) | {fmt(p['p99_ms'])} | {fmt(f['p99_ms'])} | {fmt(j['p99_ms'])} | | |",
         f"| bulk small docs/s | {fmt(p['bulk_small_docs_per_s'], 0)} | {fmt(f['bulk_small_docs_per_s'], 0)} "
-        f"| {fmt(j['bulk_small_docs_per_s'], 0)} | {fmt(r['bulk_small_vs_floor'])}× | {fmt(r['bulk_small_vs_jina'])}× |",
+        f"| {fmt(j['bulk_small_docs_per_s'], 0)} | {fmt(r['bulk_small_vs_floor'])}× "
+        f"| {fmt(r['bulk_small_vs_jina'])}× |",
         f"| bulk 512-d embedding docs/s | {fmt(p['bulk_embed_docs_per_s'], 0)} "
         f"| {fmt(f['bulk_embed_docs_per_s'], 0)} | {fmt(j['bulk_embed_docs_per_s'], 0)} "
         f"| {fmt(r['bulk_embed_vs_floor'])}× | {fmt(r['bulk_embed_vs_jina'])}× |",

@@ -23,7 +23,9 @@ def percentile(sorted_vals: Sequence[float], q: float) -> float:
     return sorted_vals[max(0, math.ceil(q * len(sorted_vals)) - 1)]
 
 
-def latency_ms(call: Callable[[], Any], n: int, warmup: int = 20, budget_s: float = 120.0) -> dict[str, float]:
+def latency_ms(
+    call: Callable[[], Any], n: int, warmup: int = 20, budget_s: float = 120.0
+) -> dict[str, float]:
     for _ in range(warmup):
         call()
     samples: list[float] = []
@@ -43,7 +45,9 @@ def run_baseline(argv: list[str], timeout: float = 900.0) -> dict[str, Any] | No
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False
+        )
     except subprocess.TimeoutExpired:
         print(f"baseline timed out: {' '.join(argv)}", file=sys.stderr)
         return None

@@ -8,9 +8,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from executors import Text, Token  # noqa: E402
+from executors import Text, Token
 
-from plait import Client, DocList  # noqa: E402
+from plait import Client, DocList
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from executors import HashEncoder  # noqa: E402
+from executors import HashEncoder
 
-from plait import Deployment  # noqa: E402
+from plait import Deployment
 
 
 def main() -> None:
@@ -24,7 +24,9 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--replicas", type=int, default=2)
     args = ap.parse_args()
-    with Deployment(uses=HashEncoder, name="encoder", port=args.port, host=args.host, replicas=args.replicas) as dep:
+    with Deployment(
+        uses=HashEncoder, name="encoder", port=args.port, host=args.host, replicas=args.replicas
+    ) as dep:
         print(f"plait example serving on {args.host}:{dep.port} with {args.replicas} replicas. Try:")
         print(f"  plait ping localhost:{dep.port}")
         print(f"  python examples/client_example.py --port {dep.port}")

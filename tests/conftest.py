@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def echo_deployment() -> Iterator[Deployment]:
     """One Echo replica, shared by a module's tests (each test leaves it serving)."""
-    with Deployment(uses="executors:Echo", host="127.0.0.1", name="echo", quiet=True, grace_period=2.0) as dep:
+    with Deployment(
+        uses="executors:Echo", host="127.0.0.1", name="echo", quiet=True, grace_period=2.0
+    ) as dep:
         yield dep
 
 

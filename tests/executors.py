@@ -67,12 +67,16 @@ class Echo(Executor):
         raise ValueError("boom: this executor failed on purpose")
 
     @requests(on="/sleep")
-    async def sleep(self, docs: DocList[Text], parameters: dict[str, float], **kwargs: object) -> DocList[Text]:
+    async def sleep(
+        self, docs: DocList[Text], parameters: dict[str, float], **kwargs: object
+    ) -> DocList[Text]:
         await asyncio.sleep(float(parameters.get("seconds", 0.5)))
         return docs
 
     @requests(on="/sync_sleep")
-    def sync_sleep(self, docs: DocList[Text], parameters: dict[str, float], **kwargs: object) -> DocList[Text]:
+    def sync_sleep(
+        self, docs: DocList[Text], parameters: dict[str, float], **kwargs: object
+    ) -> DocList[Text]:
         time.sleep(float(parameters.get("seconds", 0.5)))
         return docs
 

@@ -13,7 +13,9 @@ from plait.orchestrate.process import free_port
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(plait_cmd(*args), capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+    return subprocess.run(
+        plait_cmd(*args), capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
 
 
 def test_version_and_help() -> None:
@@ -28,7 +30,17 @@ def test_version_and_help() -> None:
 def test_executor_serves_ping_answers_and_sigterm_drains() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        plait_cmd("executor", "--uses", "executors:Echo", "--port", str(port), "--host", "127.0.0.1", "--name", "cli"),
+        plait_cmd(
+            "executor",
+            "--uses",
+            "executors:Echo",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--name",
+            "cli",
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from plait.config import DeploymentConfig, ExecutorConfig, ReplicaConfig, expand_env, load_executor_yaml, load_yaml
+from plait.config import (
+    DeploymentConfig,
+    ExecutorConfig,
+    ReplicaConfig,
+    expand_env,
+    load_executor_yaml,
+    load_yaml,
+)
 from plait.errors import ConfigError
 
 

@@ -76,7 +76,9 @@ def test_unknown_uses_with_key_is_a_clear_error() -> None:
 
 
 def test_load_executor_sets_metas_runtime_args_and_workspace(tmp_path: Path) -> None:
-    cfg = ExecutorConfig(uses="executors:Echo", uses_with={"greeting": "hey"}, name="enc", workspace=str(tmp_path))
+    cfg = ExecutorConfig(
+        uses="executors:Echo", uses_with={"greeting": "hey"}, name="enc", workspace=str(tmp_path)
+    )
     ra = RuntimeArgs(name="enc", replicas=2, replica_id=1, shard_id=0, workspace=str(tmp_path))
     ex = load_executor(cfg, ra)
     assert isinstance(ex, Echo)
@@ -109,7 +111,8 @@ def test_load_from_py_modules_file_and_yaml(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setenv("SHOUT_TIMES", "5")
     (tmp_path / "shout.yml").write_text(
-        "jtype: Shout\nwith:\n  times: ${{ ENV.SHOUT_TIMES }}\nmetas:\n  name: shouter\npy_modules:\n  - my_exec.py\n"
+        "jtype: Shout\nwith:\n  times: ${{ ENV.SHOUT_TIMES }}\n"
+        "metas:\n  name: shouter\npy_modules:\n  - my_exec.py\n"
     )
     ex = load_executor(ExecutorConfig(uses=str(tmp_path / "shout.yml")))
     assert ex.times == 5  # type: ignore[attr-defined]

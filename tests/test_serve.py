@@ -177,7 +177,9 @@ def test_process_stream_pipelines_requests_and_reports_errors_per_request() -> N
                 async def requests() -> AsyncIterator[pb.Request]:
                     for i in range(20):
                         endpoint = "/fail" if i == 7 else "/echo"
-                        yield pb.Request(request_id=str(i), endpoint=endpoint, docs=encode_docs([Text(text=str(i))]))
+                        yield pb.Request(
+                            request_id=str(i), endpoint=endpoint, docs=encode_docs([Text(text=str(i))])
+                        )
 
                 replies = {r.request_id: r async for r in method(requests())}
             assert set(replies) == {str(i) for i in range(20)}
@@ -190,7 +192,9 @@ def test_process_stream_pipelines_requests_and_reports_errors_per_request() -> N
 def test_drain_finishes_in_flight_requests_and_refuses_new_ones() -> None:
     async def main() -> None:
         port = free_port()
-        cfg = ReplicaConfig(executor=ExecutorConfig(uses="executors:Echo", name="echo"), port=port, grace_period=5)
+        cfg = ReplicaConfig(
+            executor=ExecutorConfig(uses="executors:Echo", name="echo"), port=port, grace_period=5
+        )
         server = ExecutorServer(cfg)
         serve_task = asyncio.create_task(server.serve())
         client = AsyncClient("127.0.0.1", port)

@@ -26,8 +26,8 @@ __all__ = [
     "ResourceExhaustedError",
     "SchemaError",
     "StartupError",
-    "UnavailableError",
     "UnauthenticatedError",
+    "UnavailableError",
     "error_from_details",
 ]
 

@@ -35,7 +35,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", "-v", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option("--version", "-v", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """plait: typed Documents, Executors, Deployments and Flows."""
@@ -69,27 +70,25 @@ def _json_option(text: str | None, what: str) -> dict[str, Any]:
 
 def _run_async(coro: Any) -> None:
     """The process's one event loop (uvloop when available)."""
-    try:
-        import uvloop
+    from plait.client.loop_thread import new_event_loop
 
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(coro)
 
 
 @app.command()
 def executor(
     uses: Annotated[
-        str | None, typer.Option(help="Executor to serve: 'package.module:Class', a class in --py-modules, or YAML.")
+        str | None,
+        typer.Option(help="Executor to serve: 'package.module:Class', a class in --py-modules, or YAML."),
     ] = None,
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 0,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
     name: Annotated[str, typer.Option(help="Executor name, used in logs and errors.")] = "executor",
     uses_with: Annotated[str | None, typer.Option(help="Constructor arguments as a JSON object.")] = None,
     py_modules: Annotated[
-        list[str] | None, typer.Option("--py-modules", help="Python files or modules to import first (repeatable).")
+        list[str] | None,
+        typer.Option("--py-modules", help="Python files or modules to import first (repeatable)."),
     ] = None,
     workspace: Annotated[str | None, typer.Option(help="Base folder for the executor's workspace.")] = None,
     allow_concurrent: Annotated[
@@ -98,7 +97,10 @@ def executor(
     max_message_size: Annotated[int | None, typer.Option(help="Largest request accepted, in bytes.")] = None,
     grace_period: Annotated[float, typer.Option(help="Seconds in-flight requests get on SIGTERM.")] = 10.0,
     config: Annotated[
-        str | None, typer.Option(help="A serialized replica config (JSON text or a .json/.yml file); replaces the flags.")
+        str | None,
+        typer.Option(
+            help="A serialized replica config (JSON text or a .json/.yml file); replaces the flags."
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
@@ -140,7 +142,9 @@ def executor(
 
 @app.command()
 def deployment(
-    uses: Annotated[Path, typer.Option(help="Deployment YAML (jtype: Deployment).", exists=True, dir_okay=False)],
+    uses: Annotated[
+        Path, typer.Option(help="Deployment YAML (jtype: Deployment).", exists=True, dir_okay=False)
+    ],
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve a Deployment described in YAML until Ctrl-C or SIGTERM."""

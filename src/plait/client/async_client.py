@@ -319,7 +319,9 @@ class AsyncClient:
         doc_type = _doc_type(return_type, inputs)
         endpoint = on if on.startswith("/") else f"/{on}"
         call = Call(endpoint, encode_docs([inputs]), dict(parameters or {}), "", uuid.uuid4().hex)
-        async for reply in self._transport.stream(call, timeout=timeout if timeout is not None else self.timeout):
+        async for reply in self._transport.stream(
+            call, timeout=timeout if timeout is not None else self.timeout
+        ):
             for doc in decode_docs(reply.docs, doc_type):
                 yield doc
 

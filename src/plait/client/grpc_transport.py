@@ -28,7 +28,7 @@ def _ip_of(host: str) -> str:
         ipaddress.ip_address(host)
         return host
     except ValueError:
-        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+        return str(socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0])
 
 
 def channel_target(addresses: Sequence[str]) -> tuple[str, list[tuple[str, Any]]]:
@@ -71,10 +71,14 @@ class GrpcTransport(Transport):
         channel = grpc.aio.insecure_channel(target, options=options)
         self._channel = channel
         self._process = channel.unary_unary(
-            _METHOD + "Process", request_serializer=pb.Request.SerializeToString, response_deserializer=pb.Response.FromString
+            _METHOD + "Process",
+            request_serializer=pb.Request.SerializeToString,
+            response_deserializer=pb.Response.FromString,
         )
         self._stream = channel.unary_stream(
-            _METHOD + "Stream", request_serializer=pb.Request.SerializeToString, response_deserializer=pb.Response.FromString
+            _METHOD + "Stream",
+            request_serializer=pb.Request.SerializeToString,
+            response_deserializer=pb.Response.FromString,
         )
         self._describe = channel.unary_unary(
             _METHOD + "Describe",

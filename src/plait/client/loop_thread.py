@@ -48,7 +48,9 @@ class LoopThread:
         """Run ``coro`` on the loop and block the calling thread until it finishes."""
         if self._thread is not None and threading.current_thread() is self._thread:
             coro.close()
-            raise RuntimeError("a sync Client method was called from its own loop thread (inside a callback?)")
+            raise RuntimeError(
+                "a sync Client method was called from its own loop thread (inside a callback?)"
+            )
         future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
         try:
             return future.result(timeout)

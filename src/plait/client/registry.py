@@ -15,4 +15,6 @@ def transport_for(protocol: str) -> type[Transport]:
     try:
         return TRANSPORTS[protocol]
     except KeyError:
-        raise ConfigError(f"protocol {protocol!r} is not supported; choose one of {sorted(TRANSPORTS)}") from None
+        raise ConfigError(
+            f"protocol {protocol!r} is not supported; choose one of {sorted(TRANSPORTS)}"
+        ) from None

@@ -7,7 +7,8 @@ it works the same from a script, a notebook with a running loop, or many threads
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -185,7 +186,7 @@ class Client:
         try:
             while True:
                 try:
-                    yield self._loop.run(agen.__anext__())
+                    yield self._loop.run(_next(agen))
                 except StopAsyncIteration:
                     return
         finally:
@@ -206,8 +207,10 @@ class Client:
         return self._loop.run(self._async.describe(timeout))
 
 
+async def _next(agen: AsyncIterator[Any]) -> Any:
+    return await agen.__anext__()
+
+
 async def _aclose(agen: Any) -> None:
-    try:
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
         await agen.aclose()
-    except (asyncio.CancelledError, StopAsyncIteration):
-        pass

@@ -32,8 +32,12 @@ class ExecutorConfig(FrozenModel):
         description="'package.module:Class', a class name found in py_modules, or an Executor YAML path"
     )
     uses_with: dict[str, Any] = Field(default_factory=dict, description="constructor keyword arguments")
-    uses_metas: dict[str, Any] = Field(default_factory=dict, description="metas overrides (name, description)")
-    py_modules: tuple[str, ...] = Field(default=(), description="Python files or modules imported before `uses`")
+    uses_metas: dict[str, Any] = Field(
+        default_factory=dict, description="metas overrides (name, description)"
+    )
+    py_modules: tuple[str, ...] = Field(
+        default=(), description="Python files or modules imported before `uses`"
+    )
     name: str = "executor"
     workspace: str | None = None
     allow_concurrent: bool = Field(
@@ -45,7 +49,9 @@ class ExecutorConfig(FrozenModel):
     @classmethod
     def _check_name(cls, v: str) -> str:
         if not _NAME_RE.match(v):
-            raise ValueError(f"executor name {v!r} must start with a letter or '_' and hold only [A-Za-z0-9_-]")
+            raise ValueError(
+                f"executor name {v!r} must start with a letter or '_' and hold only [A-Za-z0-9_-]"
+            )
         return v
 
 
@@ -104,7 +110,9 @@ class DeploymentConfig(FrozenModel):
     timeout_ready: float = Field(default=60.0, description="seconds to wait for readiness; <0 waits forever")
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
     grace_period: float = Field(default=10.0, ge=0)
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the executor processes")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra environment for the executor processes"
+    )
 
     @field_validator("protocol")
     @classmethod

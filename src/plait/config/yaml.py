@@ -30,7 +30,9 @@ def expand_env(text: str, env: Mapping[str, str] | None = None, *, source: str =
             return environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"{source}: environment variable {name!r} is not set (used as ${{{{ ENV.{name} }}}})")
+        raise ConfigError(
+            f"{source}: environment variable {name!r} is not set (used as ${{{{ ENV.{name} }}}})"
+        )
 
     return _ENV_RE.sub(repl, text)
 

@@ -66,7 +66,9 @@ class Executor:
                 executor=type(self).__name__,
             )
         if metas is not None:
-            self.metas = metas if isinstance(metas, Metas) else Metas(**{"name": type(self).__name__, **metas})
+            self.metas = (
+                metas if isinstance(metas, Metas) else Metas(**{"name": type(self).__name__, **metas})
+            )
         if runtime_args is not None:
             self.runtime_args = runtime_args
 
@@ -83,7 +85,9 @@ class Executor:
     def workspace(self) -> str:
         """``<workspace>/<name>/<shard_id>``, created on first use."""
         base = self.runtime_args.workspace or DEFAULT_WORKSPACE
-        path = pathlib.Path(os.path.expanduser(base)) / self.runtime_args.name / str(self.runtime_args.shard_id)
+        path = (
+            pathlib.Path(os.path.expanduser(base)) / self.runtime_args.name / str(self.runtime_args.shard_id)
+        )
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 

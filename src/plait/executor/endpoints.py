@@ -83,7 +83,9 @@ def _build_spec(endpoint: str, fn: Callable[..., Any], hints: Mapping[str, Any],
     params = sig.parameters
     passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if "docs" in params and "doc" in params:
-        raise ConfigError(f"{where}: take either `docs` (the whole request) or `doc` (one document), not both")
+        raise ConfigError(
+            f"{where}: take either `docs` (the whole request) or `doc` (one document), not both"
+        )
     is_generator = inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn)
     per_doc = "doc" in params or is_generator
     if is_generator and "docs" in params:

@@ -113,7 +113,9 @@ class Deployment:
     ) -> None:
         if config is None:
             if uses is None:
-                raise ConfigError("Deployment needs `uses` (an Executor class, 'module:Class' or a YAML path)")
+                raise ConfigError(
+                    "Deployment needs `uses` (an Executor class, 'module:Class' or a YAML path)"
+                )
             executor = executor_config_for(
                 uses,
                 uses_with=uses_with,
@@ -204,7 +206,12 @@ class Deployment:
             return [ReplicaConfig(host=cfg.host, port=port, **common)]
         return [
             ReplicaConfig(
-                host="127.0.0.1", port=free_port(), public_host=cfg.host, public_port=port, replica_id=i, **common
+                host="127.0.0.1",
+                port=free_port(),
+                public_host=cfg.host,
+                public_port=port,
+                replica_id=i,
+                **common,
             )
             for i in range(cfg.replicas)
         ]
@@ -257,8 +264,8 @@ class Deployment:
             if deadline is not None and time.monotonic() > deadline:
                 child = waiting[0]
                 raise StartupError(
-                    f"executor {child.label!r} was not ready within timeout_ready={timeout}s. Its last output:\n"
-                    f"{child.last_lines()}",
+                    f"executor {child.label!r} was not ready within timeout_ready={timeout}s. "
+                    f"Its last output:\n{child.last_lines()}",
                     executor=child.label,
                 )
             time.sleep(READY_POLL_S)

@@ -52,7 +52,9 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
 class ChildProcess:
     """One executor process: started, watched, its last output lines kept, stopped."""
 
-    def __init__(self, label: str, config: ReplicaConfig, env: Mapping[str, str], *, quiet: bool = False) -> None:
+    def __init__(
+        self, label: str, config: ReplicaConfig, env: Mapping[str, str], *, quiet: bool = False
+    ) -> None:
         self.label = label
         self.config = config
         self._env = env

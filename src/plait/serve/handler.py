@@ -108,7 +108,9 @@ class RequestHandler:
     async def process(self, request: pb.Request) -> pb.Response:
         """Serve one unary request."""
         if not self.targets_me(request.target_executor):
-            return pb.Response(request_id=request.request_id, docs=request.docs, parameters=request.parameters)
+            return pb.Response(
+                request_id=request.request_id, docs=request.docs, parameters=request.parameters
+            )
         try:
             spec, docs, params = self._prepare(request)
         except PlaitError as e:
@@ -123,7 +125,9 @@ class RequestHandler:
             raise self._executor_error(request.endpoint, e) from e
         return self._response(request, spec, docs, result)
 
-    def _response(self, request: pb.Request, spec: EndpointSpec, docs: DocList[Any], result: Any) -> pb.Response:
+    def _response(
+        self, request: pb.Request, spec: EndpointSpec, docs: DocList[Any], result: Any
+    ) -> pb.Response:
         params_out = request.parameters
         if result is None:
             out_docs: Sequence[Document] = docs

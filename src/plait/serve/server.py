@@ -128,7 +128,9 @@ class ExecutorServer:
         loop = asyncio.get_running_loop()
         # Constructing an Executor may load a model: keep it off the loop so signals still work.
         executor = await loop.run_in_executor(None, load_executor, cfg.executor, cfg.runtime_args())
-        self.handler = RequestHandler(executor, name=self.name, allow_concurrent=cfg.executor.allow_concurrent)
+        self.handler = RequestHandler(
+            executor, name=self.name, allow_concurrent=cfg.executor.allow_concurrent
+        )
         server = grpc.aio.server(
             options=server_options(cfg.max_message_size, reuse_port=cfg.public_port is not None)
         )
@@ -139,7 +141,8 @@ class ExecutorServer:
                 bound = server.add_insecure_port(f"{host}:{port}")
             except RuntimeError as e:
                 raise StartupError(
-                    f"executor {self.name!r} cannot bind {host}:{port} (port in use?): {e}", executor=self.name
+                    f"executor {self.name!r} cannot bind {host}:{port} (port in use?): {e}",
+                    executor=self.name,
                 ) from e
             if port and bound != port:
                 raise StartupError(f"executor {self.name!r} cannot bind {host}:{port}", executor=self.name)

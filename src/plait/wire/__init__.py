@@ -3,4 +3,11 @@
 from plait.wire import plait_pb2, plait_pb2_grpc
 from plait.wire.status import SERVICE_NAME, abort_with, error_from_rpc_error, error_metadata
 
-__all__ = ["SERVICE_NAME", "abort_with", "error_from_rpc_error", "error_metadata", "plait_pb2", "plait_pb2_grpc"]
+__all__ = [
+    "SERVICE_NAME",
+    "abort_with",
+    "error_from_rpc_error",
+    "error_metadata",
+    "plait_pb2",
+    "plait_pb2_grpc",
+]
