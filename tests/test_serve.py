@@ -213,3 +213,17 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones() -> None:
         await client.close()
 
     run(main())
+
+
+def test_slow_sync_endpoint_does_not_block_health_or_async_endpoints() -> None:
+    async def main() -> None:
+        async with serving() as (_, client):
+            slow = asyncio.create_task(client.post("/sync_sleep", Text(text="slow"), {"seconds": 1.5}))
+            await asyncio.sleep(0.2)
+            # Both of these would time out if the sync endpoint held the event loop.
+            assert await client.health(timeout=0.5) == "SERVING"
+            assert (await client.post("/echo", Text(text="fast"), timeout=0.5)).text == ["fast"]
+            assert not slow.done()
+            assert (await slow).text == ["slow"]
+
+    run(main())
