@@ -29,7 +29,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_deployment.py
+	$(BIN)/python benchmarks/bench_deployment.py --rounds 3
 
 proto: $(STAMP)
 	$(BIN)/python src/plait/wire/regenerate.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 
 from conftest import plait_cmd, subprocess_env
 from executors import Text
@@ -91,3 +92,37 @@ def test_port_in_use_is_reported() -> None:
     finally:
         first.terminate()
         first.wait(15)
+
+
+def test_sigterm_lets_in_flight_requests_finish_on_a_real_process() -> None:
+    import threading
+
+    port = free_port()
+    proc = subprocess.Popen(
+        plait_cmd("executor", "--uses", "executors:Echo", "--port", str(port), "--host", "127.0.0.1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
+    results: list[object] = []
+    try:
+        assert run_cli("ping", f"127.0.0.1:{port}", "--attempts", "40", "--timeout", "0.5").returncode == 0
+        with Client("127.0.0.1", port) as client:
+
+            def slow() -> None:
+                try:
+                    results.append(client.post("/sleep", Text(text="in flight"), {"seconds": 1.0}).text)
+                except Exception as e:
+                    results.append(e)
+
+            worker = threading.Thread(target=slow)
+            worker.start()
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            worker.join(10)
+        assert results == [["in flight"]]
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

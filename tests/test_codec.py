@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import struct
@@ -66,10 +67,13 @@ INTS = st.integers(-(2**63), 2**63 - 1)
 def _tensors(finite: bool) -> st.SearchStrategy[np.ndarray[Any, Any]]:
     def build(dtype: type[np.generic]) -> st.SearchStrategy[np.ndarray[Any, Any]]:
         dt = np.dtype(dtype)
-        limits = {"allow_nan": not finite, "allow_infinity": not finite} if dt.kind == "f" else {}
+        if dt.kind == "f":
+            elements = hnp.from_dtype(dt, allow_nan=not finite, allow_infinity=not finite)
+        else:
+            elements = hnp.from_dtype(dt)
         # JSON cannot keep the shape of an empty array with more than one dimension ([[], []]).
         shapes = SHAPES.filter(lambda s: len(s) <= 1 or 0 not in s) if finite else SHAPES
-        return hnp.arrays(dt, shapes, elements=hnp.from_dtype(dt, **limits))
+        return hnp.arrays(dt, shapes, elements=elements)
 
     return st.sampled_from(DTYPES).flatmap(build)
 
@@ -183,7 +187,9 @@ def test_subclass_documents_keep_their_own_fields() -> None:
 
 
 def test_anydoc_round_trip_keeps_unknown_fields() -> None:
-    rows = [{"id": "a", "colour": "red", "vec": np.arange(3, dtype=np.int16), "nested": {"k": [1, 2]}}]
+    rows: list[dict[str, Any]] = [
+        {"id": "a", "colour": "red", "vec": np.arange(3, dtype=np.int16), "nested": {"k": [1, 2]}}
+    ]
     docs = decode_docs(encode_raw(rows), AnyDoc)
     assert docs[0].colour == "red" and docs[0].nested == {"k": [1, 2]}  # type: ignore[attr-defined]
     assert np.array_equal(docs[0].vec, rows[0]["vec"])  # type: ignore[attr-defined]
@@ -200,7 +206,7 @@ def test_decoded_tensors_are_views_over_the_input() -> None:
     assert arr is not None and np.array_equal(arr, source)
     assert not arr.flags.owndata and not arr.flags.writeable
     base: Any = arr
-    while isinstance(base, np.ndarray) or isinstance(base, memoryview):
+    while isinstance(base, np.ndarray | memoryview):
         base = base.base if isinstance(base, np.ndarray) else base.obj
     assert base is data
     assert np.shares_memory(arr, np.frombuffer(data, dtype=np.uint8))
@@ -236,7 +242,9 @@ def test_tensor_ext_layout() -> None:
 
 
 def test_numpy_scalars_travel_as_plain_numbers() -> None:
-    [row] = msgspec.msgpack.decode(encode_raw([{"a": np.float32(1.5), "b": np.int64(3), "c": np.bool_(True)}])[1:])
+    [row] = msgspec.msgpack.decode(
+        encode_raw([{"a": np.float32(1.5), "b": np.int64(3), "c": np.bool_(True)}])[1:]
+    )
     assert row == {"a": 1.5, "b": 3, "c": True} and type(row["b"]) is int
 
 
@@ -297,8 +305,14 @@ def test_wrong_version_is_named() -> None:
         b"\x01" + msgspec.msgpack.encode([{"t": msgspec.msgpack.Ext(1, b"\x02<f")}]),  # truncated header
         b"\x01" + msgspec.msgpack.encode([{"t": msgspec.msgpack.Ext(1, b"\x02|O\x00")}]),  # object dtype
         b"\x01" + msgspec.msgpack.encode([{"t": msgspec.msgpack.Ext(1, b"\x02zz\x00")}]),  # bad dtype
-        b"\x01" + msgspec.msgpack.encode([{"t": msgspec.msgpack.Ext(1, b"\x03<f4\x01" + b"\x09" + b"\0" * 7)}]),
+        b"\x01"
+        + msgspec.msgpack.encode([{"t": msgspec.msgpack.Ext(1, b"\x03<f4\x01" + b"\x09" + b"\0" * 7)}]),
         b"\x01" + msgspec.msgpack.encode([{"t": msgspec.msgpack.Ext(1, b"\x03<f4\x02" + b"\xff" * 16)}]),
+        # An empty tensor of shape (2**40, 0): zero bytes that would expand to 2**40 lists.
+        b"\x01"
+        + msgspec.msgpack.encode(
+            [{"t": msgspec.msgpack.Ext(1, b"\x03<f4\x02" + struct.pack("<2Q", 2**40, 0))}]
+        ),
         b"\x01" + b"\x91" * 100_000,  # nesting deeper than the decoder allows
     ],
 )
@@ -310,7 +324,7 @@ def test_malformed_payloads_are_codec_errors(payload: bytes) -> None:
 
 
 def test_schema_errors_name_each_field_path() -> None:
-    rows = [{"text": "ok"}] * 3 + [{"text": 5}, {"embedding": "x"}]
+    rows: list[dict[str, Any]] = [{"text": "ok"}] * 3 + [{"text": 5}, {"embedding": "x"}]
     with pytest.raises(SchemaError) as info:
         decode_docs(encode_raw(rows), Text)
     message = str(info.value)
@@ -337,10 +351,8 @@ _ALLOWED = (CodecError, SchemaError)
 
 def _decode_everything(data: bytes) -> None:
     for action in (lambda: decode_docs(data, Tree), lambda: decode_raw(data), lambda: wire_to_json(data)):
-        try:
+        with contextlib.suppress(*_ALLOWED):
             action()
-        except _ALLOWED:
-            pass
 
 
 @FUZZ
@@ -353,7 +365,9 @@ def test_random_bytes_only_raise_plait_errors(data: bytes) -> None:
 # Keys the schema knows (so values reach field validation) mixed with unknown ones.
 _KEYS = st.sampled_from(sorted([*Tree.model_fields, *Leaf.model_fields])) | st.text(max_size=3)
 _TENSOR_HEADERS = st.builds(
-    lambda dtype, shape, body: bytes([len(dtype)]) + dtype + bytes([len(shape)]) + struct.pack(f"<{len(shape)}Q", *shape) + body,
+    lambda dtype, shape, body: (
+        bytes([len(dtype)]) + dtype + bytes([len(shape)]) + struct.pack(f"<{len(shape)}Q", *shape) + body
+    ),
     st.sampled_from([b"<f4", b"|b1", b"|O", b"<U2", b"|V0", b"f4,i4", b"(2,)f4", b"<M8[D]", b"?", b"\xff"]),
     st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 4), max_size=3),
     st.binary(max_size=40),

@@ -61,13 +61,16 @@ def test_executor_that_fails_at_init_reports_its_output() -> None:
 
 def test_timeout_ready_names_the_executor_and_its_last_lines() -> None:
     start = time.monotonic()
-    with pytest.raises(StartupError) as info, Deployment(
-        uses="executors:SlowInit",
-        name="slowpoke",
-        host="127.0.0.1",
-        timeout_ready=3,
-        quiet=True,
-        grace_period=1,
+    with (
+        pytest.raises(StartupError) as info,
+        Deployment(
+            uses="executors:SlowInit",
+            name="slowpoke",
+            host="127.0.0.1",
+            timeout_ready=3,
+            quiet=True,
+            grace_period=1,
+        ),
     ):
         pass
     assert time.monotonic() - start < 20

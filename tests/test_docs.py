@@ -45,6 +45,11 @@ class Page(Document):
     chunks: DocList[Text] = Field(default_factory=DocList[Text])
 
 
+class Node(Document):
+    name: str = ""
+    children: DocList[Node] = Field(default_factory=lambda: DocList[Node]())
+
+
 # -- Document ---------------------------------------------------------------------------------
 
 
@@ -78,6 +83,17 @@ def test_nested_documents_lists_and_doclist_fields() -> None:
     assert type(page.chunks) is DocList[Text]
     dumped = page.model_dump()
     assert type(dumped["matches"]) is list and dumped["matches"][0]["text"] == "m"
+
+
+def test_self_referencing_documents() -> None:
+    tree = Node(name="root", children=[{"name": "kid", "children": [{"name": "grandkid"}]}])
+    assert type(tree.children[0].children) is DocList[Node]
+    assert tree.children[0].children[0].name == "grandkid"
+    assert Node.model_json_schema()["$defs"]["Node"]["properties"]["children"]["items"] == {
+        "$ref": "#/$defs/Node"
+    }
+    with pytest.raises(TypeError, match="from __future__ import annotations"):
+        DocList["Node"]
 
 
 def test_doclist_defaults_are_per_instance() -> None:
@@ -272,7 +288,9 @@ def test_doclist_repr_is_short() -> None:
 
 
 def test_column_get() -> None:
-    docs = DocList[Text]([Text(text=t, embedding=np.full(3, i, dtype=np.float32)) for i, t in enumerate("abc")])
+    docs = DocList[Text](
+        [Text(text=t, embedding=np.full(3, i, dtype=np.float32)) for i, t in enumerate("abc")]
+    )
     assert docs.text == ["a", "b", "c"]
     stacked = docs.embedding
     assert isinstance(stacked, np.ndarray) and stacked.shape == (3, 3) and stacked[2, 0] == 2

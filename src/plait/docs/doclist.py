@@ -28,7 +28,8 @@ class DocList(list[T]):
 
     ``DocList[Text]`` is a real subclass, created once and cached (``DocList[Text] is
     DocList[Text]``), whose ``doc_type`` is ``Text``; bare ``DocList`` (also spelled
-    ``DocList[AnyDoc]`` or ``DocList[Any]``) holds any document and decodes into :class:`AnyDoc`. Adding a document of another type raises ``TypeError``.
+    ``DocList[AnyDoc]`` or ``DocList[Any]``) holds any document and decodes into
+    :class:`AnyDoc`. Adding a document of another type raises ``TypeError``.
 
     Columns: for a field of ``doc_type``, ``docs.text`` is the list of values and
     ``docs.embedding`` stacks the arrays into one (a list is returned when some value is not an
@@ -48,7 +49,12 @@ class DocList(list[T]):
             item = AnyDoc
         if isinstance(item, type) and issubclass(item, Document):
             return _specialize(cls, item)
-        raise TypeError(f"{cls.__name__}[...] takes a Document subclass, got {item!r}")
+        hint = (
+            " (for a self-reference, add `from __future__ import annotations`)"
+            if isinstance(item, str)
+            else ""
+        )
+        raise TypeError(f"{cls.__name__}[...] takes a Document subclass, got {item!r}{hint}")
 
     def __init__(self, docs: Iterable[T] = ()) -> None:
         super().__init__(self._checked(docs))
@@ -83,9 +89,11 @@ class DocList(list[T]):
 
     def to_json(self) -> str:
         """A JSON array of document objects; tensors become nested lists."""
-        return _list_adapter(type(self).doc_type).dump_json(
-            self, by_alias=True, polymorphic_serialization=True
-        ).decode()
+        return (
+            _list_adapter(type(self).doc_type)
+            .dump_json(self, by_alias=True, polymorphic_serialization=True)
+            .decode()
+        )
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -176,6 +184,8 @@ class DocList(list[T]):
 
     @classmethod
     def _checked(cls, docs: Iterable[Any]) -> list[Any]:
+        if isinstance(docs, DocList) and issubclass(docs.doc_type, cls.doc_type):
+            return list(docs)  # already checked when they went in; skip the per-item isinstance
         items = list(docs)
         for doc in items:
             cls._check(doc)
@@ -189,10 +199,8 @@ def dump_docs(docs: Sequence[Document]) -> list[dict[str, Any]]:
     ``Text`` held in a ``DocList[Document]`` or in a field declared as a base class loses no
     fields. Tensors stay arrays.
     """
-    if isinstance(docs, DocList):
-        doc_type = type(docs).doc_type  # its items were type-checked on the way in
-    else:
-        doc_type = _common_type(docs)
+    # A DocList's items were type-checked on the way in; a plain sequence is checked here.
+    doc_type = type(docs).doc_type if isinstance(docs, DocList) else _common_type(docs)
     rows: list[dict[str, Any]] = _list_adapter(doc_type).dump_python(
         docs, by_alias=True, polymorphic_serialization=True, warnings="error"
     )

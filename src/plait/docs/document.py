@@ -43,8 +43,6 @@ class Document(BaseModel):
             and _equal(self.__pydantic_private__, other.__pydantic_private__)
         )
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model that is not frozen
-
     def __repr_args__(self) -> Generator[tuple[str | None, Any], None, None]:
         for name, value in super().__repr_args__():
             if isinstance(value, np.ndarray) and value.size > _REPR_MAX_ELEMENTS:

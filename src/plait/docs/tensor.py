@@ -58,10 +58,11 @@ class TensorSpec:
         object.__setattr__(self, "shape", dims)
 
     def validate(self, value: Any) -> np.ndarray[Any, Any]:
-        arr = _as_array(value)
-        if self.shape is not None and not _shape_matches(arr.shape, self.shape):
+        arr = value if type(value) is np.ndarray else _as_array(value)
+        # The exact-shape comparison is the hot path (decoded tensors); None dims take the slow one.
+        if self.shape is not None and arr.shape != self.shape and not _shape_matches(arr.shape, self.shape):
             raise ValueError(f"expected shape {self.shape}, got {arr.shape}")
-        if self.dtype is not None and arr.dtype != self.dtype:
+        if self.dtype is not None and arr.dtype is not self.dtype and arr.dtype != self.dtype:
             arr = _convert(arr, self.dtype)
         return arr
 
@@ -111,7 +112,9 @@ class _NdArrayAnnotation:
         return _ANY_TENSOR.__get_pydantic_core_schema__(source, handler)
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
         return _ANY_TENSOR.json_schema()
 
 
@@ -182,7 +185,9 @@ def _convert(arr: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> np.ndarray[Any,
 
 
 def _shape_matches(actual: tuple[int, ...], expected: Shape) -> bool:
-    return len(actual) == len(expected) and all(e is None or a == e for a, e in zip(actual, expected, strict=True))
+    return len(actual) == len(expected) and all(
+        e is None or a == e for a, e in zip(actual, expected, strict=True)
+    )
 
 
 def _to_json_value(value: Any) -> Any:

@@ -105,8 +105,11 @@ class RequestHandler:
         docs = decode_docs(request.docs, spec.input_type)
         return spec, docs, params
 
-    async def process(self, request: pb.Request) -> pb.Response:
-        """Serve one unary request."""
+    def ready(self) -> bool:
+        return True
+
+    async def process(self, request: pb.Request, *, timeout: float | None = None) -> pb.Response:
+        """Serve one unary request. (An executor has no downstream, so ``timeout`` needs no passing on.)"""
         if not self.targets_me(request.target_executor):
             return pb.Response(
                 request_id=request.request_id, docs=request.docs, parameters=request.parameters
@@ -131,6 +134,8 @@ class RequestHandler:
         params_out = request.parameters
         if result is None:
             out_docs: Sequence[Document] = docs
+        elif isinstance(result, DocList):  # the common case; its items were checked on the way in
+            out_docs = result
         elif isinstance(result, Mapping):
             out_docs = docs
             merged = _parse_json_object(request.parameters, "parameters")
@@ -154,7 +159,9 @@ class RequestHandler:
             raise self._executor_error(request.endpoint, e) from e
         return pb.Response(request_id=request.request_id, docs=payload, parameters=params_out)
 
-    async def stream(self, request: pb.Request) -> AsyncIterator[pb.Response]:
+    async def stream(
+        self, request: pb.Request, *, timeout: float | None = None
+    ) -> AsyncIterator[pb.Response]:
         """Serve a streaming request: one response per document the endpoint yields.
 
         A non-streaming endpoint answers with a single response.

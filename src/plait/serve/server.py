@@ -23,6 +23,7 @@ from plait.config import ReplicaConfig
 from plait.errors import PlaitError, StartupError
 from plait.executor.loader import load_executor
 from plait.serve.handler import RequestHandler
+from plait.serve.processor import Processor
 from plait.wire import SERVICE_NAME, abort_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
 
@@ -34,22 +35,27 @@ STREAM_WINDOW = 64
 PARENT_POLL_S = 0.25
 
 
-class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
-    """``plait.v1.Plait`` over a :class:`RequestHandler`."""
+def _remaining(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, float(remaining))
 
-    def __init__(self, handler: RequestHandler) -> None:
-        self.handler = handler
-        self._description = handler.describe()
+
+class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
+    """``plait.v1.Plait`` over any :class:`Processor` (an executor's handler or a Flow's router)."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.handler = processor
+        self._description = processor.describe()
 
     async def Process(self, request: pb.Request, context: Any) -> pb.Response:
         try:
-            return await self.handler.process(request)
+            return await self.handler.process(request, timeout=_remaining(context))
         except PlaitError as e:
             await abort_with(context, e)
 
     async def Stream(self, request: pb.Request, context: Any) -> AsyncIterator[pb.Response]:
         try:
-            async for response in self.handler.stream(request):
+            async for response in self.handler.stream(request, timeout=_remaining(context)):
                 yield response
         except PlaitError as e:
             await abort_with(context, e)
@@ -60,7 +66,7 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
 
         async def one(request: pb.Request) -> None:
             try:
-                response = await self.handler.process(request)
+                response = await self.handler.process(request, timeout=_remaining(context))
             except PlaitError as e:
                 details = json.dumps(e.to_details(), default=str).encode()
                 response = pb.Response(request_id=request.request_id, error=details)
