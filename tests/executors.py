@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from plait import DocList, Document, Executor, requests
 from plait.typing import NdArray
@@ -135,3 +135,145 @@ class SlowInit(Executor):
     @requests
     def default(self, docs: DocList[Text], **kwargs: object) -> None:
         return None
+
+
+# -- Flow test executors ---------------------------------------------------------------------
+
+
+class Doc(Document):
+    text: str = ""
+    a: str | None = None
+    b: str | None = None
+    tag: int = 0
+
+
+class Match(Document):
+    text: str = ""
+    score: float = 0.0
+
+
+class Query(Document):
+    text: str = ""
+    matches: DocList[Match] = Field(default_factory=DocList[Match])
+
+
+class Exclaim(Executor):
+    @requests(on="/upper")
+    def exclaim(self, docs: DocList[Text], parameters: dict[str, str], **kwargs: object) -> None:
+        for d in docs:
+            d.text = d.text + parameters.get("mark", "!")
+
+    @requests(on="/stats")
+    def stats(self, docs: DocList[Text], **kwargs: object) -> dict[str, int]:
+        return {"exclaimed": len(docs)}
+
+
+class Counter(Executor):
+    """Serves /upper too, counting docs; `/stats` reports under its own name."""
+
+    @requests(on="/upper")
+    def upper(self, docs: DocList[Text], parameters: dict[str, str], **kwargs: object) -> None:
+        for d in docs:
+            d.text = d.text.upper() + parameters.get("mark", "")
+
+    @requests(on="/stats")
+    def stats(self, docs: DocList[Text], **kwargs: object) -> dict[str, int]:
+        return {"counted": len(docs)}
+
+
+class Pass(Executor):
+    @requests
+    async def passthrough(self, docs: DocList[Doc], **kwargs: object) -> DocList[Doc]:
+        return docs
+
+
+class SetA(Executor):
+    @requests
+    async def set_a(self, docs: DocList[Doc], **kwargs: object) -> DocList[Doc]:
+        for d in docs:
+            d.a = "A"
+        return docs
+
+
+class SetB(Executor):
+    @requests
+    async def set_b(self, docs: DocList[Doc], **kwargs: object) -> DocList[Doc]:
+        for d in docs:
+            d.b = "B"
+        return docs
+
+
+class Joiner(Executor):
+    @requests
+    async def join(
+        self, docs: DocList[Doc], docs_matrix: list[DocList[Doc]], **kwargs: object
+    ) -> DocList[Doc]:
+        for d in docs:
+            d.text = f"{d.text}|branches={len(docs_matrix)}"
+        return docs
+
+
+class Tagger(Executor):
+    """Marks the docs it sees, so a `when` condition's effect is visible."""
+
+    @requests
+    async def tag(self, docs: DocList[Doc], **kwargs: object) -> DocList[Doc]:
+        for d in docs:
+            d.a = "seen"
+        return docs
+
+
+class ShardIndexer(Executor):
+    """Each shard answers /search with one match scored by its shard id, and /index with its id."""
+
+    @requests(on="/search")
+    async def search(self, docs: DocList[Query], **kwargs: object) -> DocList[Query]:
+        shard = self.runtime_args.shard_id
+        for d in docs:
+            d.matches = DocList[Match]([Match(id=f"m{shard}", text=f"shard {shard}", score=float(shard))])
+        return docs
+
+    @requests(on="/index")
+    async def index(self, docs: DocList[Query], **kwargs: object) -> DocList[Query]:
+        for d in docs:
+            d.text = f"indexed by shard {self.runtime_args.shard_id}"
+        return docs
+
+
+class Cancellable(Executor):
+    """`/wait` sleeps; if the request is cancelled it leaves a marker file in the workspace."""
+
+    @requests(on="/wait")
+    async def wait(self, docs: DocList[Text], parameters: dict[str, str], **kwargs: object) -> DocList[Text]:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            with open(parameters["marker"], "w") as f:
+                f.write("cancelled")
+            raise
+        return docs
+
+    @requests(on="/fail_mid_flow")
+    async def fail(self, docs: DocList[Text], **kwargs: object) -> DocList[Text]:
+        raise RuntimeError("mid-flow failure")
+
+    @requests(on="/drip")
+    async def drip(self, doc: Text, parameters: dict[str, str], **kwargs: object) -> AsyncIterator[Token]:
+        """Yields a token every 50 ms, for up to 10 s; leaves a marker file when cancelled."""
+        try:
+            for i in range(200):
+                yield Token(text=str(i), index=i)
+                await asyncio.sleep(0.05)
+        except (asyncio.CancelledError, GeneratorExit):
+            with open(parameters["marker"], "w") as f:
+                f.write("cancelled")
+            raise
+
+
+class Sleeper(Executor):
+    """Sleeps `seconds` (default 1) on any endpoint: shows that parallel branches overlap."""
+
+    @requests
+    async def sleep(self, docs: DocList[Doc], parameters: dict[str, float], **kwargs: object) -> DocList[Doc]:
+        await asyncio.sleep(float(parameters.get("seconds", 1.0)))
+        return docs

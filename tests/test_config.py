@@ -36,8 +36,11 @@ def test_replica_config_round_trips_through_json() -> None:
 def test_bad_names_and_protocols_are_rejected() -> None:
     with pytest.raises(ValueError, match="executor name"):
         ExecutorConfig(uses="m:C", name="has space")
-    with pytest.raises(ValueError, match="Flow's gateway"):
-        DeploymentConfig(executor=ExecutorConfig(uses="m:C"), protocol="http")
+    with pytest.raises(ValueError, match="choose from grpc, http, websocket"):
+        DeploymentConfig(executor=ExecutorConfig(uses="m:C"), protocol="carrier-pigeon")
+    assert DeploymentConfig(executor=ExecutorConfig(uses="m:C"), protocol="http").needs_gateway
+    assert DeploymentConfig(executor=ExecutorConfig(uses="m:C"), shards=2).needs_gateway
+    assert not DeploymentConfig(executor=ExecutorConfig(uses="m:C"), replicas=3).needs_gateway
 
 
 def test_env_substitution() -> None:

@@ -1,14 +1,36 @@
 """plait: build multimodal AI services and pipelines.
 
-Write Executors whose endpoints process typed Documents, serve them as Deployments, and call them
-with a Client.
+Write Executors whose endpoints process typed Documents, serve them as Deployments or chain them
+into Flows, and call them with a Client.
+
+The names below are imported on first use, so a process that needs only part of plait (an
+executor replica, the CLI) does not pay for the rest at start-up.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from plait._version import __version__
-from plait.client import AsyncClient, Client
-from plait.docs import AnyDoc, DocList, Document
-from plait.executor import Executor, requests
-from plait.orchestrate import Deployment
+
+if TYPE_CHECKING:
+    from plait.client import AsyncClient, Client
+    from plait.docs import AnyDoc, DocList, Document
+    from plait.executor import Executor, requests
+    from plait.orchestrate import Deployment, Flow
+
+_EXPORTS = {
+    "AnyDoc": "plait.docs",
+    "AsyncClient": "plait.client",
+    "Client": "plait.client",
+    "DocList": "plait.docs",
+    "Deployment": "plait.orchestrate",
+    "Document": "plait.docs",
+    "Executor": "plait.executor",
+    "Flow": "plait.orchestrate",
+    "requests": "plait.executor",
+}
 
 __all__ = [
     "AnyDoc",
@@ -18,6 +40,20 @@ __all__ = [
     "DocList",
     "Document",
     "Executor",
+    "Flow",
     "__version__",
     "requests",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plait' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -105,19 +105,14 @@ def executor(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve one Executor over gRPC until SIGTERM or Ctrl-C."""
-    from plait.config import ExecutorConfig, ReplicaConfig, load_yaml
+    from plait.config import ExecutorConfig, ReplicaConfig
     from plait.errors import PlaitError
     from plait.serve import serve_replica
 
     _setup_logging(log_level)
     try:
         if config:
-            if config.lstrip().startswith("{"):
-                replica = ReplicaConfig.model_validate_json(config)
-            else:
-                path = Path(config)
-                data = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
-                replica = ReplicaConfig.model_validate(data)
+            replica = _load_config_arg(config, ReplicaConfig)
         else:
             if not uses:
                 raise _fail("pass --uses (or --config)")
@@ -161,6 +156,64 @@ def deployment(
         with Deployment.load_config(uses) as dep:
             typer.echo(f"deployment serving on {dep.host}:{dep.port}")
             dep.block(stop)
+    except PlaitError as e:
+        raise _fail(str(e)) from None
+
+
+def _load_config_arg(config: str, model: Any) -> Any:
+    """A serialized config from ``--config``: JSON text, or a .json/.yml file (a ConfigMap, say)."""
+    from plait.config import load_yaml
+
+    if config.lstrip().startswith("{"):
+        return model.model_validate_json(config)
+    path = Path(config)
+    data = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+    return model.model_validate(data)
+
+
+@app.command()
+def gateway(
+    config: Annotated[
+        str, typer.Option(help="A serialized gateway config (JSON text or a .json/.yml file).")
+    ],
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Serve a Flow's gateway (started by `plait flow`, Docker Compose or Kubernetes)."""
+    from plait.config import GatewayConfig
+    from plait.errors import PlaitError
+    from plait.gateway.runtime import serve_gateway
+
+    _setup_logging(log_level)
+    try:
+        _run_async(serve_gateway(_load_config_arg(config, GatewayConfig)))
+    except PlaitError as e:
+        raise _fail(str(e)) from None
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+
+@app.command()
+def flow(
+    uses: Annotated[Path, typer.Option(help="Flow YAML (jtype: Flow).", exists=True, dir_okay=False)],
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Serve a Flow described in YAML until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from plait.errors import PlaitError
+    from plait.orchestrate import Flow
+
+    _setup_logging(log_level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with Flow.load_config(uses) as f:
+            where = ", ".join(
+                f"{p}://{f.config.host}:{port}" for p, port in zip(f.protocols, f.ports, strict=True)
+            )
+            typer.echo(f"flow serving on {where}")
+            f.block(stop)
     except PlaitError as e:
         raise _fail(str(e)) from None
 

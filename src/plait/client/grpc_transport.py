@@ -1,14 +1,8 @@
-"""gRPC transport: one ``grpc.aio`` channel for the client's life, balancing over replicas.
-
-Several addresses become one channel with the ``round_robin`` policy, so each call goes to the
-next ready replica and a dead replica is skipped until it comes back.
-"""
+"""gRPC transport: one ``grpc.aio`` channel for the client's life, balancing over replicas."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -19,28 +13,9 @@ from plait.client.transport import Call, EndpointDescription, Reply, ServiceDesc
 from plait.errors import ClientClosedError, PlaitError, UnavailableError
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
+from plait.wire.channels import open_channel
 
 _METHOD = f"/{SERVICE_NAME}/"
-
-
-def _ip_of(host: str) -> str:
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        return str(socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0])
-
-
-def channel_target(addresses: Sequence[str]) -> tuple[str, list[tuple[str, Any]]]:
-    """The gRPC target string (and extra options) for one or several ``host:port`` addresses."""
-    if len(addresses) == 1:
-        return addresses[0], []
-    resolved = []
-    for address in addresses:
-        host, _, port = address.rpartition(":")
-        resolved.append(f"{_ip_of(host.strip('[]'))}:{port}")
-    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-    return "ipv4:" + ",".join(resolved), [("grpc.service_config", config)]
 
 
 def _loads(raw: bytes) -> dict[str, Any]:
@@ -60,15 +35,7 @@ class GrpcTransport(Transport):
             raise ClientClosedError("this client is closed; create a new one")
         if self._channel is not None:
             return
-        target, options = channel_target(self.addresses)
-        limit = self.max_message_size or -1
-        options += [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.enable_retries", 0),
-        ]
-        channel = grpc.aio.insecure_channel(target, options=options)
+        channel = open_channel(self.addresses, self.max_message_size)
         self._channel = channel
         self._process = channel.unary_unary(
             _METHOD + "Process",

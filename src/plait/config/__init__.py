@@ -2,21 +2,33 @@
 
 from plait.config.models import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    PROTOCOLS,
     DeploymentConfig,
     ExecutorConfig,
+    FlowConfig,
+    FlowExecutorConfig,
     FrozenModel,
+    GatewayConfig,
+    GatewayExecutor,
     ReplicaConfig,
     RuntimeArgs,
+    ServerOptions,
 )
 from plait.config.yaml import dump_yaml, expand_env, load_executor_yaml, load_yaml
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "PROTOCOLS",
     "DeploymentConfig",
     "ExecutorConfig",
+    "FlowConfig",
+    "FlowExecutorConfig",
     "FrozenModel",
+    "GatewayConfig",
+    "GatewayExecutor",
     "ReplicaConfig",
     "RuntimeArgs",
+    "ServerOptions",
     "dump_yaml",
     "expand_env",
     "load_executor_yaml",

@@ -9,6 +9,7 @@ orchestrator and the processes it runs. They are frozen: a changed value is a ne
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -98,15 +99,44 @@ class ReplicaConfig(FrozenModel):
         )
 
 
+PROTOCOLS = ("grpc", "http", "websocket")
+POLLING = ("ANY", "ALL")
+
+
+def _normalize_polling(value: str | Mapping[str, str]) -> dict[str, str]:
+    """``'ANY'`` or ``{'/index': 'ANY', '/search': 'ALL'}`` → a mapping with a ``'*'`` default."""
+    table = {"*": value} if isinstance(value, str) else dict(value)
+    table.setdefault("*", "ANY")
+    out = {}
+    for endpoint, mode in table.items():
+        if not isinstance(mode, str) or mode.upper() not in POLLING:
+            raise ValueError(f"polling for {endpoint!r} must be ANY or ALL, got {mode!r}")
+        out[endpoint] = mode.upper()
+    return out
+
+
+def _validate_protocols(v: tuple[str, ...]) -> tuple[str, ...]:
+    out = tuple(p.lower() for p in v)
+    for p in out:
+        if p not in PROTOCOLS:
+            raise ValueError(f"protocol {p!r}: choose from {', '.join(PROTOCOLS)}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"protocols {v} repeat a protocol")
+    return out
+
+
 class DeploymentConfig(FrozenModel):
     """One Executor served as ``replicas`` identical processes."""
 
     executor: ExecutorConfig
     host: str = Field(default="0.0.0.0", description="interface the public port binds")
     port: int | None = Field(default=None, ge=0, le=65535, description="public port; a free one when None")
-    protocol: str = "grpc"
+    protocol: tuple[str, ...] = Field(
+        default=("grpc",), description="gRPC alone is served by the replicas; anything else by a gateway"
+    )
     replicas: int = Field(default=1, ge=1)
     shards: int = Field(default=1, ge=1)
+    polling: dict[str, str] = Field(default_factory=lambda: {"*": "ANY"})
     timeout_ready: float = Field(default=60.0, description="seconds to wait for readiness; <0 waits forever")
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
     grace_period: float = Field(default=10.0, ge=0)
@@ -114,11 +144,107 @@ class DeploymentConfig(FrozenModel):
         default_factory=dict, description="extra environment for the executor processes"
     )
 
-    @field_validator("protocol")
+    @field_validator("protocol", mode="before")
     @classmethod
-    def _check_protocol(cls, v: str) -> str:
-        if v.lower() != "grpc":
-            raise ValueError(
-                f"protocol {v!r}: a Deployment serves gRPC; HTTP and WebSocket are served by a Flow's gateway"
-            )
-        return v.lower()
+    def _check_protocol(cls, v: Any) -> tuple[str, ...]:
+        return _validate_protocols((v,) if isinstance(v, str) else tuple(v))
+
+    @field_validator("polling", mode="before")
+    @classmethod
+    def _check_polling(cls, v: Any) -> dict[str, str]:
+        return _normalize_polling(v)
+
+    @property
+    def needs_gateway(self) -> bool:
+        """Shards (scatter/reduce) and HTTP/WebSocket are served through a gateway in front."""
+        return self.shards > 1 or self.protocol != ("grpc",)
+
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+class ServerOptions(FrozenModel):
+    """Options every protocol server of a gateway shares (HTTP-only ones are ignored by gRPC)."""
+
+    title: str = "plait service"
+    description: str = "A plait Flow: typed documents in, typed documents out."
+    cors: bool = Field(default=False, description="allow cross-origin browser requests (HTTP, WebSocket)")
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES, gt=0, description="largest request body"
+    )
+    max_in_flight: int = Field(default=64, ge=1, description="requests one WebSocket connection runs at once")
+    grace_period: float = Field(default=10.0, ge=0)
+
+
+class FlowExecutorConfig(FrozenModel):
+    """One executor node of a Flow: what to run, how many copies, and where it sits in the DAG."""
+
+    executor: ExecutorConfig
+    replicas: int = Field(default=1, ge=1)
+    shards: int = Field(default=1, ge=1)
+    polling: dict[str, str] = Field(
+        default_factory=lambda: {"*": "ANY"},
+        description="per endpoint: ANY sends a request to one shard, ALL to every shard (then merges)",
+    )
+    needs: tuple[str, ...] = Field(default=(), description="upstream node names; 'gateway' is the start")
+    when: dict[str, Any] | None = Field(
+        default=None, description="only documents matching this condition reach it"
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_send: float | None = Field(default=None, gt=0, description="seconds the gateway waits for it")
+
+    @property
+    def name(self) -> str:
+        return self.executor.name
+
+    @field_validator("polling", mode="before")
+    @classmethod
+    def _check_polling(cls, v: Any) -> dict[str, str]:
+        return _normalize_polling(v)
+
+
+class GatewayExecutor(FrozenModel):
+    """What the gateway knows of one executor node: where its shards are and how to route to it."""
+
+    name: str
+    shards: tuple[tuple[str, ...], ...] = Field(description="per shard, the 'host:port' of each replica")
+    polling: dict[str, str] = Field(default_factory=lambda: {"*": "ANY"})
+    needs: tuple[str, ...] = ("gateway",)
+    when: dict[str, Any] | None = None
+    timeout_send: float | None = None
+
+
+class GatewayConfig(FrozenModel):
+    """Everything a gateway process needs: the serialized form passed to ``plait gateway --config``."""
+
+    name: str = "gateway"
+    host: str = "0.0.0.0"
+    protocols: tuple[str, ...] = ("grpc",)
+    ports: tuple[int, ...]
+    options: ServerOptions = Field(default_factory=ServerOptions)
+    executors: tuple[GatewayExecutor, ...]
+    timeout_ready: float = Field(default=60.0, description="seconds to wait for every executor to answer")
+    parent_pid: int | None = None
+
+    @field_validator("protocols")
+    @classmethod
+    def _check_protocols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _validate_protocols(v)
+
+
+class FlowConfig(FrozenModel):
+    """A whole Flow: gateway settings and the executor nodes, in the order they were added."""
+
+    name: str = "flow"
+    host: str = "0.0.0.0"
+    protocols: tuple[str, ...] = ("grpc",)
+    ports: tuple[int | None, ...] = (None,)
+    options: ServerOptions = Field(default_factory=ServerOptions)
+    executors: tuple[FlowExecutorConfig, ...] = ()
+    timeout_ready: float = 60.0
+    env: dict[str, str] = Field(default_factory=dict, description="environment for every process of the Flow")
+
+    @field_validator("protocols")
+    @classmethod
+    def _check_protocols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _validate_protocols(v)

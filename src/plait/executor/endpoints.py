@@ -47,6 +47,7 @@ class EndpointSpec:
     parameters_type: type[BaseModel] | None
     passes_parameters: bool
     passes_kwargs: bool
+    passes_docs_matrix: bool = False
     doc: str = ""
 
     @property
@@ -109,6 +110,7 @@ def _build_spec(endpoint: str, fn: Callable[..., Any], hints: Mapping[str, Any],
         parameters_type=parameters_type,
         passes_parameters="parameters" in params or passes_kwargs,
         passes_kwargs=passes_kwargs,
+        passes_docs_matrix="docs_matrix" in params,
         doc=inspect.getdoc(fn) or "",
     )
 
@@ -163,13 +165,21 @@ def parse_parameters(spec: EndpointSpec, raw: dict[str, Any]) -> Any:
 
 
 async def call_endpoint(
-    spec: EndpointSpec, executor: object, docs: DocList[Any], parameters: Any, run_sync: RunSync
+    spec: EndpointSpec,
+    executor: object,
+    docs: DocList[Any],
+    parameters: Any,
+    run_sync: RunSync,
+    docs_matrix: list[DocList[Any]] | None = None,
 ) -> Any:
     """Call a non-streaming endpoint (or collect a streaming one); returns what the method returned.
 
     A ``doc: T`` endpoint is called once per document and its results are collected into a list.
+    ``docs_matrix`` (each upstream branch's docs, at a join) reaches methods that name it.
     """
     kwargs = _kwargs(spec, parameters)
+    if spec.passes_docs_matrix:
+        kwargs["docs_matrix"] = docs_matrix if docs_matrix is not None else [docs]
     if spec.per_doc:
         out: list[Any] = []
         for d in docs:

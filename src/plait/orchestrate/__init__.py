@@ -1,5 +1,6 @@
 """Local orchestration: turn config into processes, wait for readiness, stop them cleanly."""
 
 from plait.orchestrate.deployment import Deployment
+from plait.orchestrate.flow import Flow
 
-__all__ = ["Deployment"]
+__all__ = ["Deployment", "Flow"]

@@ -4,89 +4,38 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any
 
 from plait.client import Client
-from plait.client.async_client import DocInputs
-from plait.config import DEFAULT_MAX_MESSAGE_SIZE, DeploymentConfig, ExecutorConfig, ReplicaConfig, load_yaml
-from plait.docs import DocList, Document
-from plait.errors import ConfigError, StartupError, UnavailableError
+from plait.config import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DeploymentConfig,
+    FlowExecutorConfig,
+    ReplicaConfig,
+    load_yaml,
+)
+from plait.errors import ConfigError
 from plait.executor import Executor
 from plait.executor.loader import importing_user_code
-from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all
+from plait.orchestrate.base import Orchestration
+from plait.orchestrate.flow import Flow
+from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.uses import executor_config_for
 
-T = TypeVar("T", bound=Document)
 log = logging.getLogger("plait.orchestrate")
 
 READY_POLL_S = 0.05
 
 
-def executor_config_for(
-    uses: type[Executor] | str,
-    *,
-    uses_with: Mapping[str, Any] | None = None,
-    uses_metas: Mapping[str, Any] | None = None,
-    py_modules: Sequence[str] = (),
-    name: str | None = None,
-    workspace: str | None = None,
-    allow_concurrent: bool = False,
-) -> ExecutorConfig:
-    """The :class:`ExecutorConfig` for ``uses`` given as a class, ``'module:Class'`` or YAML path.
-
-    A class defined in the user's own script (``__main__``) is found again in the child process by
-    importing that script as a module (its ``if __name__ == '__main__':`` block does not run).
-    """
-    modules = tuple(py_modules)
-    if isinstance(uses, type):
-        if not issubclass(uses, Executor):
-            raise ConfigError(f"uses={uses!r} is not an Executor subclass")
-        if "<locals>" in uses.__qualname__:
-            raise ConfigError(
-                f"{uses.__qualname__} is defined inside a function; executors run in their own process, "
-                "so define the class at module level"
-            )
-        if uses.__module__ == "__main__":
-            script = getattr(sys.modules["__main__"], "__file__", None)
-            if script is None:
-                raise ConfigError(
-                    f"{uses.__qualname__} was defined in an interactive session; put it in a .py file "
-                    "and pass uses='module:Class' (or py_modules=[...])"
-                )
-            uses_str = uses.__qualname__
-            modules = (os.path.abspath(script), *modules)
-        else:
-            uses_str = f"{uses.__module__}:{uses.__qualname__}"
-    elif isinstance(uses, str):
-        uses_str = uses
-    else:
-        raise ConfigError(f"uses must be an Executor class or a string, got {type(uses).__name__}")
-    fields: dict[str, Any] = {
-        "uses": uses_str,
-        "uses_with": dict(uses_with or {}),
-        "uses_metas": dict(uses_metas or {}),
-        "py_modules": modules,
-        "workspace": workspace,
-        "allow_concurrent": allow_concurrent,
-    }
-    if name is not None:
-        fields["name"] = name
-    try:
-        return ExecutorConfig(**fields)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-
-
-class Deployment:
+class Deployment(Orchestration):
     """Serve one Executor: ``with Deployment(uses=MyExecutor, port=12345, replicas=2) as dep: ...``.
 
-    Each replica is its own process, started through ``plait executor``. With one replica it binds
-    ``host:port`` itself; with several, every replica binds the shared public port (the kernel
-    spreads connections) plus a private loopback port over which ``post`` balances each request.
+    Each replica is its own process, started through ``plait executor``. Over plain gRPC there is
+    no extra hop: with one replica it binds ``host:port`` itself; with several, every replica binds
+    the shared public port (the kernel spreads connections) plus a private loopback port over which
+    ``post`` balances each request. With ``shards > 1`` or an HTTP/WebSocket ``protocol``, a gateway
+    process stands in front (a one-executor Flow): it scatters to shards and speaks those protocols.
     """
 
     def __init__(
@@ -103,7 +52,8 @@ class Deployment:
         shards: int = 1,
         port: int | None = None,
         host: str = "0.0.0.0",
-        protocol: str = "grpc",
+        protocol: str | Sequence[str] = "grpc",
+        polling: str | Mapping[str, str] = "ANY",
         timeout_ready: float = 60.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         grace_period: float = 10.0,
@@ -133,6 +83,7 @@ class Deployment:
                     protocol=protocol,
                     replicas=replicas,
                     shards=shards,
+                    polling=polling,
                     timeout_ready=timeout_ready,
                     max_message_size=max_message_size,
                     grace_period=grace_period,
@@ -140,13 +91,12 @@ class Deployment:
                 )
             except ValueError as e:
                 raise ConfigError(f"Deployment: {e}") from e
-        if config.shards > 1:
-            raise ConfigError("shards > 1 are served through a Flow, whose gateway scatters and reduces")
         self.config = config
         self._quiet = quiet
         self._children: list[ChildProcess] = []
         self._client: Client | None = None
         self._port: int | None = config.port
+        self._flow: Flow | None = None
 
     @classmethod
     def load_config(cls, source: str | os.PathLike[str], **overrides: Any) -> Deployment:
@@ -175,6 +125,8 @@ class Deployment:
 
     @property
     def port(self) -> int:
+        if self._flow is not None:
+            return self._flow.port
         if self._port is None:
             raise RuntimeError("the Deployment has not started yet; its port is chosen at start")
         return self._port
@@ -190,7 +142,17 @@ class Deployment:
 
     @property
     def children(self) -> Sequence[ChildProcess]:
+        if self._flow is not None:
+            return self._flow.children
         return tuple(self._children)
+
+    @property
+    def client(self) -> Client:
+        if self._flow is not None:
+            return self._flow.client
+        if self._client is None:
+            raise RuntimeError("start the Deployment first (`with Deployment(...) as dep:` or dep.start())")
+        return self._client
 
     def _replica_configs(self, port: int) -> list[ReplicaConfig]:
         cfg = self.config
@@ -218,7 +180,7 @@ class Deployment:
 
     def start(self) -> Deployment:
         """Start every replica and return once all report SERVING (or raise StartupError)."""
-        if self._children:
+        if self._children or self._flow is not None:
             return self
         if importing_user_code():
             raise ConfigError(
@@ -226,16 +188,22 @@ class Deployment:
                 "start it under `if __name__ == '__main__':`"
             )
         cfg = self.config
+        if cfg.needs_gateway:
+            self._flow = self._as_flow().start()
+            return self
         port = cfg.port or free_port(connect_host(cfg.host))
         self._port = port
         name = cfg.executor.name
         for replica in self._replica_configs(port):
             label = name if cfg.replicas == 1 else f"{name}/rep-{replica.replica_id}"
-            self._children.append(ChildProcess(label, replica, cfg.env, quiet=self._quiet))
+            address = f"{connect_host(replica.host)}:{replica.port}"
+            self._children.append(
+                ChildProcess(label, "executor", replica, address, cfg.env, quiet=self._quiet)
+            )
         try:
             for child in self._children:
                 child.start()
-            self._wait_ready()
+            wait_ready(self._children, cfg.timeout_ready, READY_POLL_S)
         except BaseException:
             self.close()
             raise
@@ -243,101 +211,36 @@ class Deployment:
         log.info("deployment %r ready on %s:%d (%d replica(s))", name, cfg.host, port, cfg.replicas)
         return self
 
-    def _wait_ready(self) -> None:
-        timeout = self.config.timeout_ready
-        deadline = None if timeout < 0 else time.monotonic() + timeout
-        waiting = list(self._children)
-        while waiting:
-            for child in list(waiting):
-                code = child.returncode()
-                if code is not None:
-                    raise StartupError(
-                        f"executor {child.label!r} exited with code {code} while starting. Its last output:\n"
-                        f"{child.last_lines()}",
-                        executor=child.label,
-                        exit_code=code,
-                    )
-                if child.is_serving():
-                    waiting.remove(child)
-            if not waiting:
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                child = waiting[0]
-                raise StartupError(
-                    f"executor {child.label!r} was not ready within timeout_ready={timeout}s. "
-                    f"Its last output:\n{child.last_lines()}",
-                    executor=child.label,
-                )
-            time.sleep(READY_POLL_S)
+    def _as_flow(self) -> Flow:
+        cfg = self.config
+        ports: tuple[int | None, ...] = (cfg.port, *(None,) * (len(cfg.protocol) - 1))
+        flow = Flow(
+            name=cfg.executor.name,
+            host=cfg.host,
+            port=ports,
+            protocol=cfg.protocol,
+            max_request_bytes=cfg.max_message_size,
+            timeout_ready=cfg.timeout_ready,
+            grace_period=cfg.grace_period,
+            quiet=self._quiet,
+        )
+        node = FlowExecutorConfig(
+            executor=cfg.executor,
+            replicas=cfg.replicas,
+            shards=cfg.shards,
+            polling=cfg.polling,
+            needs=("gateway",),
+            env=cfg.env,
+        )
+        return Flow(config=flow.config.model_copy(update={"executors": (node,)}), quiet=self._quiet)
 
     def close(self) -> None:
         """Stop every replica (graceful drain, then SIGKILL after the grace period)."""
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            flow.close()
         client, self._client = self._client, None
         if client is not None:
             client.close()
         stop_all(self._children, self.config.grace_period)
         self._children = []
-
-    def __enter__(self) -> Deployment:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def block(self, stop_event: threading.Event | None = None) -> None:
-        """Serve until ``stop_event`` is set or Ctrl-C; raises if every replica has died."""
-        event = stop_event or threading.Event()
-        try:
-            while not event.wait(0.5):
-                alive = [c for c in self._children if c.alive()]
-                if self._children and not alive:
-                    last = self._children[-1]
-                    raise UnavailableError(
-                        f"every replica of {self.config.executor.name!r} has exited. Last output:\n"
-                        f"{last.last_lines()}"
-                    )
-        except KeyboardInterrupt:
-            pass
-
-    # -- calls ---------------------------------------------------------------------------------
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            raise RuntimeError("start the Deployment first (`with Deployment(...) as dep:` or dep.start())")
-        return self._client
-
-    @overload
-    def post(
-        self,
-        on: str,
-        inputs: DocInputs = ...,
-        parameters: Mapping[str, Any] | None = ...,
-        *,
-        return_type: type[DocList[T]] | type[T],
-        **kwargs: Any,
-    ) -> DocList[T]: ...
-    @overload
-    def post(
-        self,
-        on: str,
-        inputs: DocInputs = ...,
-        parameters: Mapping[str, Any] | None = ...,
-        *,
-        return_type: None = ...,
-        **kwargs: Any,
-    ) -> DocList[Any]: ...
-
-    def post(
-        self,
-        on: str,
-        inputs: DocInputs = None,
-        parameters: Mapping[str, Any] | None = None,
-        *,
-        return_type: type[DocList[Any]] | type[Document] | None = None,
-        **kwargs: Any,
-    ) -> DocList[Any]:
-        """``Client.post`` against this Deployment's replicas (balanced per request)."""
-        return self.client.post(on, inputs, parameters, return_type=return_type, **kwargs)

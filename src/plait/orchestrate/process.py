@@ -1,12 +1,13 @@
 """Child processes: started from the ``plait`` CLI entry point, their output kept and relayed.
 
-Every process plait runs locally is ``python -m plait executor --config '<json>'``: the same
-command a container runs, from the same serialized config.
+Every process plait runs locally is ``python -m plait executor|gateway --config '<json>'``: the
+same command a container runs, from the same serialized config.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import os
 import signal
 import socket
@@ -20,7 +21,8 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plait.config import ReplicaConfig
+from plait.config import FrozenModel
+from plait.errors import StartupError
 
 LOG_TAIL_LINES = 40
 
@@ -53,10 +55,21 @@ class ChildProcess:
     """One executor process: started, watched, its last output lines kept, stopped."""
 
     def __init__(
-        self, label: str, config: ReplicaConfig, env: Mapping[str, str], *, quiet: bool = False
+        self,
+        label: str,
+        command: str,
+        config: FrozenModel,
+        address: str,
+        env: Mapping[str, str],
+        *,
+        probe: str = "grpc",
+        quiet: bool = False,
     ) -> None:
         self.label = label
+        self.command = command
         self.config = config
+        self.address = address
+        self.probe = probe
         self._env = env
         self._quiet = quiet
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
@@ -65,15 +78,11 @@ class ChildProcess:
 
     @property
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "plait", "executor", "--config", self.config.model_dump_json()]
+        return [sys.executable, "-m", "plait", self.command, "--config", self.config.model_dump_json()]
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
-
-    @property
-    def address(self) -> str:
-        return f"{connect_host(self.config.host)}:{self.config.port}"
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
@@ -109,6 +118,9 @@ class ChildProcess:
         return "\n".join(self._tail)
 
     def is_serving(self, timeout: float = 0.5) -> bool:
+        """Ready to serve: gRPC health says SERVING, or HTTP ``GET /ready`` answers 200."""
+        if self.probe != "grpc":
+            return _http_ready(self.address, timeout)
         with grpc.insecure_channel(self.address) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -139,6 +151,49 @@ class ChildProcess:
         if self._relay is not None:
             self._relay.join(timeout=1.0)
         return True
+
+
+def _http_ready(address: str, timeout: float) -> bool:
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("GET", "/ready")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def wait_ready(children: Sequence[ChildProcess], timeout: float, poll: float = 0.05) -> None:
+    """Return once every child is serving; raise StartupError naming the first that is not.
+
+    ``timeout`` < 0 waits forever. The error carries the child's last output lines.
+    """
+    deadline = None if timeout < 0 else time.monotonic() + timeout
+    waiting = list(children)
+    while waiting:
+        for child in list(waiting):
+            code = child.returncode()
+            if code is not None:
+                raise StartupError(
+                    f"{child.command} {child.label!r} exited with code {code} while starting. "
+                    f"Its last output:\n{child.last_lines()}",
+                    executor=child.label,
+                    exit_code=code,
+                )
+            if child.is_serving():
+                waiting.remove(child)
+        if not waiting:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            child = waiting[0]
+            raise StartupError(
+                f"{child.command} {child.label!r} was not ready within timeout_ready={timeout}s. "
+                f"Its last output:\n{child.last_lines()}",
+                executor=child.label,
+            )
+        time.sleep(poll)
 
 
 def stop_all(children: Sequence[ChildProcess], grace: float) -> None:

@@ -91,6 +91,7 @@ class RequestHandler:
         )
 
     def _prepare(self, request: pb.Request) -> tuple[EndpointSpec, DocList[Any], Any]:
+        """The endpoint, its decoded input docs and its parameters (raises PlaitError)."""
         spec = self.lookup(request.endpoint)
         raw_params = _parse_json_object(request.parameters, "parameters")
         try:
@@ -120,8 +121,11 @@ class RequestHandler:
             e.details.setdefault("executor", self.name)
             e.details.setdefault("endpoint", request.endpoint)
             raise
+        matrix = None
+        if spec.passes_docs_matrix and request.docs_matrix:
+            matrix = [decode_docs(part, spec.input_type) for part in request.docs_matrix]
         try:
-            result = await call_endpoint(spec, self.executor, docs, params, self.run_sync)
+            result = await call_endpoint(spec, self.executor, docs, params, self.run_sync, matrix)
         except PlaitError:
             raise
         except Exception as e:
@@ -190,6 +194,7 @@ class RequestHandler:
                     input_schema=json.dumps(spec.input_type.model_json_schema()),
                     output_schema=json.dumps(spec.output_type.model_json_schema()),
                     streaming=spec.streaming,
+                    wants_docs_matrix=spec.passes_docs_matrix,
                     doc=spec.doc,
                     parameters_schema=json.dumps(spec.parameters_type.model_json_schema())
                     if spec.parameters_type

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +21,7 @@ from plait.config import ReplicaConfig
 from plait.errors import PlaitError, StartupError
 from plait.executor.loader import load_executor
 from plait.serve.handler import RequestHandler
+from plait.serve.lifecycle import run_until_stopped
 from plait.serve.processor import Processor
 from plait.wire import SERVICE_NAME, abort_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
@@ -31,8 +30,6 @@ log = logging.getLogger("plait.serve")
 
 STREAM_WINDOW = 64
 """Requests one ProcessStream call runs at once; further ones wait to be read (backpressure)."""
-
-PARENT_POLL_S = 0.25
 
 
 def _remaining(context: Any) -> float | None:
@@ -171,29 +168,15 @@ class ExecutorServer:
             await asyncio.get_running_loop().run_in_executor(None, self.handler.close)
         log.info("executor %r stopped", self.name)
 
-    async def _watch_parent(self, parent_pid: int) -> None:
-        while not self._stop.is_set():
-            if os.getppid() != parent_pid:
-                log.warning("executor %r: parent process %d went away; shutting down", self.name, parent_pid)
-                self._stop.set()
-                return
-            await asyncio.sleep(PARENT_POLL_S)
-
     async def serve(self) -> None:
         """Start, serve until asked to stop (signal, parent gone, request_stop), then drain."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        watcher = None
-        if self.config.parent_pid is not None:
-            watcher = asyncio.create_task(self._watch_parent(self.config.parent_pid))
-        try:
-            await self.start()
-            await self._stop.wait()
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            await self.stop()
+        await run_until_stopped(
+            self.start,
+            self.stop,
+            self._stop,
+            parent_pid=self.config.parent_pid,
+            who=f"executor {self.name!r}",
+        )
 
 
 async def serve_replica(config: ReplicaConfig) -> None:

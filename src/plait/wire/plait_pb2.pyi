@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs")
+    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     DOCS_FIELD_NUMBER: _ClassVar[int]
+    DOCS_MATRIX_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     parameters: bytes
     target_executor: str
     docs: bytes
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ...) -> None: ...
+    docs_matrix: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("request_id", "docs", "parameters", "error")
@@ -37,20 +39,22 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EndpointInfo(_message.Message):
-    __slots__ = ("name", "input_schema", "output_schema", "streaming", "doc", "parameters_schema")
+    __slots__ = ("name", "input_schema", "output_schema", "streaming", "doc", "parameters_schema", "wants_docs_matrix")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     DOC_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    WANTS_DOCS_MATRIX_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_schema: str
     output_schema: str
     streaming: bool
     doc: str
     parameters_schema: str
-    def __init__(self, name: _Optional[str] = ..., input_schema: _Optional[str] = ..., output_schema: _Optional[str] = ..., streaming: _Optional[bool] = ..., doc: _Optional[str] = ..., parameters_schema: _Optional[str] = ...) -> None: ...
+    wants_docs_matrix: bool
+    def __init__(self, name: _Optional[str] = ..., input_schema: _Optional[str] = ..., output_schema: _Optional[str] = ..., streaming: _Optional[bool] = ..., doc: _Optional[str] = ..., parameters_schema: _Optional[str] = ..., wants_docs_matrix: _Optional[bool] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
     __slots__ = ("name", "kind", "version", "endpoints", "executor_class", "replica_id", "shard_id")

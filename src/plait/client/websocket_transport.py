@@ -1,0 +1,299 @@
+"""WebSocket transport: one connection per server address, many requests in flight on it.
+
+Each connection has a reader task, owned by the connection from ``open`` to ``close``, that
+routes every frame by its ``request_id`` to the call waiting for it (a future) or to the
+stream consuming it (a queue). A dropped connection fails every pending request with
+:class:`UnavailableError`; the next call reconnects. Health and describe use plain HTTP on the
+same port (``GET /ready``, ``GET /describe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from plait.client.http_transport import (
+    encode,
+    encode_parameters,
+    fetch_description,
+    new_http_client,
+    probe_any,
+)
+from plait.client.transport import Call, Reply, ServiceDescription, Transport
+from plait.docs import encode_raw, wire_to_json
+from plait.errors import (
+    ClientClosedError,
+    DeadlineExceededError,
+    PayloadTooLargeError,
+    PlaitError,
+    UnavailableError,
+    error_from_details,
+)
+
+log = logging.getLogger("plait.client")
+
+_MESSAGE_TOO_BIG = 1009  # the close code of a frame over the server's size limit
+
+
+class _Frame(msgspec.Struct):
+    request_id: str | None = None
+    data: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] | None = None
+    end: bool = False
+    error: dict[str, Any] | None = None
+
+
+_FRAME = msgspec.json.Decoder(_Frame)
+_Pending = asyncio.Future[_Frame] | asyncio.Queue[_Frame | PlaitError]
+
+
+def _request_frame(call: Call, request_id: str, timeout: float | None, stream: bool) -> bytes:
+    return b"".join(
+        (
+            b'{"request_id":',
+            encode(request_id),
+            b',"endpoint":',
+            encode(call.endpoint),
+            b',"data":',
+            wire_to_json(call.docs) if call.docs else b"[]",
+            b',"parameters":',
+            encode_parameters(call),
+            b',"target_executor":',
+            encode(call.target_executor),
+            b',"stream":',
+            b"true" if stream else b"false",
+            b',"timeout":',
+            encode(timeout),
+            b"}",
+        )
+    )
+
+
+def _reply(frame: _Frame, request_id: str) -> Reply:
+    if frame.error is not None:
+        raise error_from_details(frame.error)
+    return Reply(frame.request_id or request_id, encode_raw(frame.data or []), frame.parameters or {})
+
+
+class _Connection:
+    """One WebSocket to one server, with the reader task that dispatches its frames."""
+
+    def __init__(self, address: str, max_size: int | None) -> None:
+        self.address = address
+        self.max_size = max_size
+        self.pending: dict[str, _Pending] = {}
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def socket(self) -> ClientConnection:
+        """The open connection, (re)connecting if there is none."""
+        if self._ws is not None:
+            return self._ws
+        async with self._lock:
+            if self._ws is None:
+                try:
+                    ws = await connect(
+                        f"ws://{self.address}/",
+                        max_size=self.max_size,
+                        compression=None,  # JSON of small docs: deflate costs more time than it saves
+                        proxy=None,  # never through a proxy taken from the environment
+                        open_timeout=10,
+                    )
+                except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
+                    raise UnavailableError(
+                        f"cannot open a WebSocket to {self.address}: {e}", address=self.address
+                    ) from None
+                self._ws = ws
+                self._reader = asyncio.create_task(self._read(ws), name=f"plait-ws-reader-{self.address}")
+        return self._ws
+
+    async def _read(self, ws: ClientConnection) -> None:
+        error: PlaitError
+        try:
+            async for message in ws:
+                self._dispatch(message)
+            error = self._closed_error(ws)
+        except ConnectionClosed:
+            error = self._closed_error(ws)
+        except Exception as e:  # never leave callers waiting on a dead reader
+            log.exception("WebSocket reader for %s failed", self.address)
+            error = UnavailableError(f"WebSocket to {self.address} failed: {e!r}", address=self.address)
+        finally:
+            if self._ws is ws:
+                self._ws = None
+        self._fail_all(error)
+
+    def _dispatch(self, message: str | bytes) -> None:
+        try:
+            frame = _FRAME.decode(message)
+        except msgspec.MsgspecError as e:
+            log.warning("WebSocket %s: ignoring a malformed frame: %s", self.address, e)
+            return
+        target = self.pending.get(frame.request_id or "")
+        if target is None:
+            return  # the reply of a request that timed out or was abandoned
+        if isinstance(target, asyncio.Future):
+            del self.pending[frame.request_id or ""]
+            if not target.done():
+                target.set_result(frame)
+        else:
+            # Unbounded on purpose: the reader must never wait, or one slow stream consumer would
+            # stall every request on this connection. A stream holds only what its caller asked for.
+            target.put_nowait(frame)
+
+    def _closed_error(self, ws: ClientConnection) -> PlaitError:
+        code, reason = ws.close_code, ws.close_reason
+        if code == _MESSAGE_TOO_BIG:
+            return PayloadTooLargeError(
+                f"the server at {self.address} closed the connection: a request was over its size limit "
+                "(max_request_bytes); send fewer documents per request (request_size)",
+                address=self.address,
+            )
+        why = f" (code {code}{': ' + reason if reason else ''})" if code is not None else ""
+        return UnavailableError(
+            f"the WebSocket to {self.address} closed{why}; the next call reconnects", address=self.address
+        )
+
+    def _fail_all(self, error: PlaitError) -> None:
+        pending, self.pending = self.pending, {}
+        for target in pending.values():
+            if isinstance(target, asyncio.Future):
+                if not target.done():
+                    target.set_exception(error)
+            else:
+                target.put_nowait(error)
+
+    async def send(self, payload: bytes) -> None:
+        ws = await self.socket()
+        try:
+            await ws.send(payload, text=True)
+        except ConnectionClosed:
+            raise self._closed_error(ws) from None
+
+    async def close(self) -> None:
+        ws, reader = self._ws, self._reader
+        self._ws = self._reader = None
+        if ws is not None:
+            await ws.close()
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._fail_all(UnavailableError(f"the WebSocket to {self.address} was closed by this client"))
+
+
+class WebSocketTransport(Transport):
+    scheme = "websocket"
+
+    def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
+        super().__init__(addresses, max_message_size=max_message_size)
+        self._connections = [_Connection(a, max_message_size) for a in self.addresses]
+        self._next = itertools.cycle(self._connections).__next__
+        self._http: httpx.AsyncClient | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this client is closed; create a new one")
+        if self._http is None:
+            self._http = new_http_client()
+        for connection in self._connections:
+            # Connecting now saves the first call a round trip; a server that is not up yet is not
+            # an error here (health() must be able to say UNREACHABLE): the first call retries.
+            with contextlib.suppress(UnavailableError):
+                await connection.socket()
+
+    async def close(self) -> None:
+        self._closed = True
+        for connection in self._connections:
+            await connection.close()
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this client is closed; create a new one")
+
+    async def call(self, call: Call, timeout: float | None = None) -> Reply:
+        self._check_open()
+        connection = self._next()
+        request_id = call.request_id or _new_id()
+        future: asyncio.Future[_Frame] = asyncio.get_running_loop().create_future()
+        connection.pending[request_id] = future
+        try:
+            async with asyncio.timeout(timeout):
+                await connection.send(_request_frame(call, request_id, timeout, stream=False))
+                frame = await future
+        except TimeoutError:
+            raise _deadline(connection.address, timeout) from None
+        finally:
+            connection.pending.pop(request_id, None)
+        return _reply(frame, request_id)
+
+    async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
+        self._check_open()
+        connection = self._next()
+        request_id = call.request_id or _new_id()
+        queue: asyncio.Queue[_Frame | PlaitError] = asyncio.Queue()
+        connection.pending[request_id] = queue
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        finished = False
+        try:
+            # The deadline covers the whole stream, but only our own waits run under it: a
+            # timeout must not fire inside the caller's code between two documents.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await connection.send(_request_frame(call, request_id, timeout, stream=True))
+            except TimeoutError:
+                raise _deadline(connection.address, timeout) from None
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await queue.get()
+                except TimeoutError:
+                    raise _deadline(connection.address, timeout) from None
+                if isinstance(item, PlaitError):
+                    raise item
+                if item.end:
+                    finished = True
+                    return
+                yield _reply(item, request_id)
+        finally:
+            connection.pending.pop(request_id, None)
+            if not finished:  # the caller stopped reading (or failed): stop the server's work too
+                with contextlib.suppress(Exception):
+                    await connection.send(msgspec.json.encode({"request_id": request_id, "cancel": True}))
+
+    async def _client(self) -> httpx.AsyncClient:
+        self._check_open()
+        if self._http is None:
+            self._http = new_http_client()
+        return self._http
+
+    async def health(self, timeout: float | None = None) -> str:
+        return await probe_any(await self._client(), self.addresses, timeout)
+
+    async def describe(self, timeout: float | None = None) -> ServiceDescription:
+        return await fetch_description(await self._client(), self._next().address, timeout)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _deadline(address: str, timeout: float | None) -> DeadlineExceededError:
+    return DeadlineExceededError(
+        f"no response from {address} within the timeout of {timeout}s", address=address, timeout=timeout
+    )

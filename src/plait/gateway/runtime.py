@@ -1,0 +1,66 @@
+"""The gateway process: discover the executors, then serve the Flow on every configured protocol.
+
+Lifecycle: open channels and ask every executor for its endpoints (waiting up to
+``timeout_ready``), start one protocol server per protocol/port, serve until SIGTERM/SIGINT or
+until the parent process goes away (see ``plait.serve.lifecycle``), then drain every server for
+the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from plait.config import GatewayConfig
+from plait.gateway.protocols import ProtocolServer, server_class
+from plait.gateway.router import Router
+from plait.serve.lifecycle import run_until_stopped
+
+log = logging.getLogger("plait.gateway")
+
+
+class Gateway:
+    """A Flow's front door: the router plus one protocol server per configured protocol."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        if len(config.protocols) != len(config.ports):
+            raise ValueError(f"{len(config.protocols)} protocol(s) but {len(config.ports)} port(s)")
+        self.config = config
+        self.router = Router(config)
+        self.servers: list[ProtocolServer] = []
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.router.discover(cfg.timeout_ready)
+        for protocol, port in zip(cfg.protocols, cfg.ports, strict=True):
+            server = server_class(protocol)(self.router, cfg.host, port, cfg.options)
+            await server.start()
+            self.servers.append(server)
+        addrs = ", ".join(
+            f"{p}://{cfg.host}:{port}" for p, port in zip(cfg.protocols, cfg.ports, strict=True)
+        )
+        log.info("gateway %r ready on %s", cfg.name, addrs)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        grace = self.config.options.grace_period
+        await asyncio.gather(*(server.stop(grace) for server in self.servers), return_exceptions=True)
+        await self.router.close()
+        log.info("gateway %r stopped", self.config.name)
+
+    async def serve(self) -> None:
+        await run_until_stopped(
+            self.start,
+            self.stop,
+            self._stop,
+            parent_pid=self.config.parent_pid,
+            who=f"gateway {self.config.name!r}",
+        )
+
+
+async def serve_gateway(config: GatewayConfig) -> None:
+    """Entry point of a gateway process (``plait gateway``)."""
+    await Gateway(config).serve()

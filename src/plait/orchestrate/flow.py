@@ -1,0 +1,390 @@
+"""``Flow``: executors composed into a DAG behind one gateway that speaks gRPC, HTTP and WebSocket.
+
+A Flow is an immutable description (``add`` returns a new Flow, as Jina's ``copy_flow`` does) until
+``start()``: then every executor shard and replica becomes a process, and once they are all ready the
+gateway process starts, discovers their endpoints, and serves. ``post`` talks to the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from plait.client import Client
+from plait.config import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    FlowConfig,
+    FlowExecutorConfig,
+    GatewayConfig,
+    GatewayExecutor,
+    ReplicaConfig,
+    ServerOptions,
+    dump_yaml,
+    load_yaml,
+)
+from plait.errors import ConfigError
+from plait.executor import Executor
+from plait.executor.loader import importing_user_code
+from plait.gateway.conditions import compile_condition
+from plait.orchestrate.base import Orchestration
+from plait.orchestrate.plot import PlotNode, to_mermaid, to_svg
+from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.uses import executor_config_for
+
+START = "gateway"
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | int):
+        return (value,)
+    return tuple(value)
+
+
+class Flow(Orchestration):
+    """``Flow(port=12345, protocol=['grpc', 'http']).add(uses=A).add(uses=B)``; then ``with flow: ...``."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "flow",
+        port: int | Sequence[int | None] | None = None,
+        protocol: str | Sequence[str] = "grpc",
+        host: str = "0.0.0.0",
+        cors: bool = False,
+        title: str | None = None,
+        description: str | None = None,
+        max_request_bytes: int = DEFAULT_MAX_MESSAGE_SIZE,
+        timeout_ready: float = 60.0,
+        grace_period: float = 10.0,
+        env: Mapping[str, str] | None = None,
+        quiet: bool = False,
+        config: FlowConfig | None = None,
+    ) -> None:
+        if config is None:
+            protocols = _as_tuple(protocol) or ("grpc",)
+            ports = _as_tuple(port) or (None,) * len(protocols)
+            if len(ports) != len(protocols):
+                raise ConfigError(
+                    f"Flow: {len(protocols)} protocol(s) {protocols} but {len(ports)} port(s) {ports}"
+                )
+            options: dict[str, Any] = {
+                "cors": cors,
+                "max_request_bytes": max_request_bytes,
+                "grace_period": grace_period,
+            }
+            if title is not None:
+                options["title"] = title
+            if description is not None:
+                options["description"] = description
+            try:
+                config = FlowConfig(
+                    name=name,
+                    host=host,
+                    protocols=protocols,
+                    ports=ports,
+                    options=ServerOptions(**options),
+                    timeout_ready=timeout_ready,
+                    env=dict(env or {}),
+                )
+            except ValueError as e:
+                raise ConfigError(f"Flow: {e}") from e
+        self.config = config
+        self._quiet = quiet
+        self._children: list[ChildProcess] = []
+        self._gateway: ChildProcess | None = None
+        self._client: Client | None = None
+        self._ports: tuple[int, ...] = ()
+
+    # -- building ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        uses: type[Executor] | str | None = None,
+        *,
+        name: str | None = None,
+        uses_with: Mapping[str, Any] | None = None,
+        uses_metas: Mapping[str, Any] | None = None,
+        py_modules: Sequence[str] = (),
+        workspace: str | None = None,
+        allow_concurrent: bool = False,
+        replicas: int = 1,
+        shards: int = 1,
+        polling: str | Mapping[str, str] = "ANY",
+        needs: str | Sequence[str] | None = None,
+        when: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_send: float | None = None,
+    ) -> Flow:
+        """A new Flow with one more executor. By default it follows the previously added one;
+        ``needs='gateway'`` starts a parallel branch and ``needs=['a', 'b']`` joins branches."""
+        if uses is None:
+            raise ConfigError("Flow.add needs `uses` (an Executor class, 'module:Class' or a YAML path)")
+        existing = [e.name for e in self.config.executors]
+        node_name = name or f"executor{len(existing)}"
+        if node_name in existing or node_name == START:
+            raise ConfigError(f"Flow.add: the name {node_name!r} is taken; executor names must be unique")
+        upstream = _as_tuple(needs) or ((existing[-1],) if existing else (START,))
+        for need in upstream:
+            if need != START and need not in existing:
+                raise ConfigError(f"Flow.add({node_name!r}): needs {need!r}, which was not added before it")
+        if when:
+            compile_condition(when, where=f"Flow.add({node_name!r}).when")  # report a bad spec now
+        executor = executor_config_for(
+            uses,
+            uses_with=uses_with,
+            uses_metas=uses_metas,
+            py_modules=py_modules,
+            name=node_name,
+            workspace=workspace,
+            allow_concurrent=allow_concurrent,
+        )
+        try:
+            node = FlowExecutorConfig(
+                executor=executor,
+                replicas=replicas,
+                shards=shards,
+                polling=polling,
+                needs=upstream,
+                when=dict(when) if when else None,
+                env=dict(env or {}),
+                timeout_send=timeout_send,
+            )
+        except ValueError as e:
+            raise ConfigError(f"Flow.add({node_name!r}): {e}") from e
+        config = self.config.model_copy(update={"executors": (*self.config.executors, node)})
+        return Flow(config=config, quiet=self._quiet)
+
+    # -- YAML ----------------------------------------------------------------------------------
+
+    @classmethod
+    def load_config(cls, source: str | os.PathLike[str], *, quiet: bool = False) -> Flow:
+        """A Flow from YAML: ``jtype: Flow``, options under ``with:`` (or ``gateway:``), ``executors:``."""
+        data = load_yaml(source)
+        where = str(source)
+        if data.get("jtype", "Flow") != "Flow":
+            raise ConfigError(f"{where}: jtype is {data.get('jtype')!r}, expected 'Flow'")
+        unknown = set(data) - {"jtype", "version", "with", "gateway", "executors", "deployments"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+        base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+        options = {**(data.get("with") or {}), **(data.get("gateway") or {})}
+        try:
+            flow = cls(**options, quiet=quiet)
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        for index, item in enumerate(data.get("executors") or data.get("deployments") or []):
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}: executors[{index}] must be a mapping")
+            entry = dict(item)
+            entry.pop("method", None)
+            if "with" in entry:  # Jina's spelling of uses_with inside an executor entry
+                entry["uses_with"] = {**entry.pop("with"), **entry.get("uses_with", {})}
+            entry["py_modules"] = [_resolve(m, base) for m in _as_tuple(entry.get("py_modules"))]
+            if isinstance(entry.get("uses"), str) and entry["uses"].endswith((".yml", ".yaml")):
+                entry["uses"] = _resolve(entry["uses"], base)
+            try:
+                flow = flow.add(**entry)
+            except TypeError as e:
+                raise ConfigError(f"{where}: executors[{index}]: {e}") from e
+        return flow
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Flow as the mapping its YAML holds (``load_config`` reads it back)."""
+        cfg = self.config
+        defaults = ServerOptions()
+        options: dict[str, Any] = {
+            "name": cfg.name,
+            "host": cfg.host,
+            "protocol": list(cfg.protocols),
+            "port": list(cfg.ports),
+            "timeout_ready": cfg.timeout_ready,
+        }
+        for key in ("cors", "title", "description", "max_request_bytes", "grace_period"):
+            value = getattr(cfg.options, key)
+            if value != getattr(defaults, key):
+                options[key] = value
+        if cfg.env:
+            options["env"] = dict(cfg.env)
+        executors = []
+        for node in cfg.executors:
+            ex = node.executor
+            entry: dict[str, Any] = {"name": ex.name, "uses": ex.uses}
+            optional = {
+                "uses_with": ex.uses_with,
+                "uses_metas": ex.uses_metas,
+                "py_modules": list(ex.py_modules),
+                "workspace": ex.workspace,
+                "allow_concurrent": ex.allow_concurrent or None,
+                "replicas": node.replicas if node.replicas != 1 else None,
+                "shards": node.shards if node.shards != 1 else None,
+                "polling": (node.polling["*"] if list(node.polling) == ["*"] else node.polling)
+                if node.polling != {"*": "ANY"}
+                else None,
+                "needs": list(node.needs),
+                "when": node.when,
+                "env": node.env,
+                "timeout_send": node.timeout_send,
+            }
+            entry.update({k: v for k, v in optional.items() if v})
+            executors.append(entry)
+        return {"jtype": "Flow", "version": "1", "with": options, "executors": executors}
+
+    def save_config(self, path: str | os.PathLike[str]) -> None:
+        """Write the Flow as YAML (``Flow.load_config(path)`` gives the same Flow back)."""
+        Path(path).write_text(dump_yaml(self.to_dict()), encoding="utf-8")
+
+    # -- plotting ------------------------------------------------------------------------------
+
+    def _plot_nodes(self) -> list[PlotNode]:
+        return [
+            PlotNode(name=n.name, needs=n.needs, label=n.executor.uses, replicas=n.replicas, shards=n.shards)
+            for n in self.config.executors
+        ]
+
+    def plot(self, output: str | os.PathLike[str] | None = None, *, vertical: bool = False) -> str:
+        """The DAG as Mermaid text; with ``output`` ending in ``.svg``, also write an SVG drawing
+        (rendered locally, no network service); any other ``output`` gets the Mermaid text."""
+        mermaid = to_mermaid(self._plot_nodes(), vertical=vertical)
+        if output is not None:
+            path = Path(output)
+            text = to_svg(self._plot_nodes(), vertical=vertical) if path.suffix == ".svg" else mermaid
+            path.write_text(text, encoding="utf-8")
+        return mermaid
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The gateway's first port (the one ``post`` uses)."""
+        return self.ports[0]
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        if not self._ports:
+            raise RuntimeError("the Flow has not started yet; its ports are chosen at start")
+        return self._ports
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return self.config.protocols
+
+    @property
+    def children(self) -> Sequence[ChildProcess]:
+        return tuple(self._children) + ((self._gateway,) if self._gateway else ())
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("start the Flow first (`with flow:` or flow.start())")
+        return self._client
+
+    def _executor_children(self) -> tuple[list[ChildProcess], list[GatewayExecutor]]:
+        cfg = self.config
+        children: list[ChildProcess] = []
+        routes: list[GatewayExecutor] = []
+        for node in cfg.executors:
+            shards: list[tuple[str, ...]] = []
+            for shard_id in range(node.shards):
+                addresses = []
+                for replica_id in range(node.replicas):
+                    port = free_port()
+                    replica = ReplicaConfig(
+                        executor=node.executor,
+                        port=port,
+                        replicas=node.replicas,
+                        shards=node.shards,
+                        replica_id=replica_id,
+                        shard_id=shard_id,
+                        max_message_size=cfg.options.max_request_bytes,
+                        grace_period=cfg.options.grace_period,
+                        parent_pid=os.getpid(),
+                    )
+                    label = node.name
+                    if node.shards > 1:
+                        label += f"/shard-{shard_id}"
+                    if node.replicas > 1:
+                        label += f"/rep-{replica_id}"
+                    address = f"127.0.0.1:{port}"
+                    env = {**cfg.env, **node.env}
+                    children.append(ChildProcess(label, "executor", replica, address, env, quiet=self._quiet))
+                    addresses.append(address)
+                shards.append(tuple(addresses))
+            routes.append(
+                GatewayExecutor(
+                    name=node.name,
+                    shards=tuple(shards),
+                    polling=node.polling,
+                    needs=node.needs,
+                    when=node.when,
+                    timeout_send=node.timeout_send,
+                )
+            )
+        return children, routes
+
+    def start(self) -> Self:
+        if self._children:
+            return self
+        if not self.config.executors:
+            raise ConfigError("the Flow has no executors: add one with flow.add(uses=...)")
+        if importing_user_code():
+            raise ConfigError(
+                "a Flow was started while an executor module was being imported in a child process; "
+                "start it under `if __name__ == '__main__':`"
+            )
+        cfg = self.config
+        children, routes = self._executor_children()
+        self._children = children
+        try:
+            gateway_host = connect_host(cfg.host)
+            self._ports = tuple(p or free_port(gateway_host) for p in cfg.ports)
+            gateway_cfg = GatewayConfig(
+                name="gateway",
+                host=cfg.host,
+                protocols=cfg.protocols,
+                ports=self._ports,
+                options=cfg.options,
+                executors=tuple(routes),
+                timeout_ready=cfg.timeout_ready,
+                parent_pid=os.getpid(),
+            )
+            address = f"{gateway_host}:{self._ports[0]}"
+            probe = "grpc" if cfg.protocols[0] == "grpc" else "http"
+            gateway = ChildProcess(
+                "gateway", "gateway", gateway_cfg, address, cfg.env, probe=probe, quiet=self._quiet
+            )
+            self._gateway = gateway
+            # Everything starts at once: the gateway keeps asking the executors for their endpoints
+            # until they answer, so start-up costs one process start, not two in a row.
+            for child in (*children, gateway):
+                child.start()
+            wait_ready([*children, gateway], cfg.timeout_ready)
+            self._client = Client(
+                address, protocol=cfg.protocols[0], max_message_size=cfg.options.max_request_bytes
+            )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        grace = self.config.options.grace_period
+        # The gateway first, so nothing new reaches executors that are about to drain.
+        if self._gateway is not None:
+            stop_all([self._gateway], grace)
+            self._gateway = None
+        stop_all(self._children, grace)
+        self._children = []
+
+
+def _resolve(entry: str, base: Path) -> str:
+    """A path in a Flow YAML is relative to the YAML file; module names are kept as they are."""
+    if entry.endswith((".py", ".yml", ".yaml")) and not os.path.isabs(entry):
+        return str((base / entry).resolve())
+    return entry
