@@ -6,10 +6,14 @@ Heavy imports happen inside each command so ``plait --help`` and ``plait ping`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +58,26 @@ def _setup_logging(level: str) -> None:
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
+
+
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """A PlaitError or a config validation error ends the command with one line, not a traceback."""
+    from plait.errors import PlaitError
+
+    try:
+        yield
+    except (PlaitError, ValueError) as e:
+        raise _fail(str(e)) from None
+
+
+def _serve_blocking(orchestration: Any, banner: Callable[[Any], str]) -> None:
+    """Start a Deployment or Flow, print where it serves, and block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with orchestration as running:
+        typer.echo(banner(running))
+        running.block(stop)
 
 
 def _json_option(text: str | None, what: str) -> dict[str, Any]:
@@ -106,11 +130,10 @@ def executor(
 ) -> None:
     """Serve one Executor over gRPC until SIGTERM or Ctrl-C."""
     from plait.config import ExecutorConfig, ReplicaConfig
-    from plait.errors import PlaitError
     from plait.serve import serve_replica
 
     _setup_logging(log_level)
-    try:
+    with _clean_errors():
         if config:
             replica = _load_config_arg(config, ReplicaConfig)
         else:
@@ -129,10 +152,6 @@ def executor(
                 extra["max_message_size"] = max_message_size
             replica = ReplicaConfig(executor=ExecutorConfig(**fields), host=host, port=port, **extra)
         _run_async(serve_replica(replica))
-    except PlaitError as e:
-        raise _fail(str(e)) from None
-    except ValueError as e:  # pydantic validation of the flags/config
-        raise _fail(str(e)) from None
 
 
 @app.command()
@@ -143,21 +162,13 @@ def deployment(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve a Deployment described in YAML until Ctrl-C or SIGTERM."""
-    import signal
-    import threading
-
-    from plait.errors import PlaitError
     from plait.orchestrate import Deployment
 
     _setup_logging(log_level)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        with Deployment.load_config(uses) as dep:
-            typer.echo(f"deployment serving on {dep.host}:{dep.port}")
-            dep.block(stop)
-    except PlaitError as e:
-        raise _fail(str(e)) from None
+    with _clean_errors():
+        _serve_blocking(
+            Deployment.load_config(uses), lambda dep: f"deployment serving on {dep.host}:{dep.port}"
+        )
 
 
 def _load_config_arg(config: str, model: Any) -> Any:
@@ -180,16 +191,11 @@ def gateway(
 ) -> None:
     """Serve a Flow's gateway (started by `plait flow`, Docker Compose or Kubernetes)."""
     from plait.config import GatewayConfig
-    from plait.errors import PlaitError
     from plait.gateway.runtime import serve_gateway
 
     _setup_logging(log_level)
-    try:
+    with _clean_errors():
         _run_async(serve_gateway(_load_config_arg(config, GatewayConfig)))
-    except PlaitError as e:
-        raise _fail(str(e)) from None
-    except ValueError as e:
-        raise _fail(str(e)) from None
 
 
 @app.command()
@@ -198,24 +204,17 @@ def flow(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve a Flow described in YAML until Ctrl-C or SIGTERM."""
-    import signal
-    import threading
-
-    from plait.errors import PlaitError
     from plait.orchestrate import Flow
 
+    def banner(f: Flow) -> str:
+        where = ", ".join(
+            f"{p}://{f.config.host}:{port}" for p, port in zip(f.protocols, f.ports, strict=True)
+        )
+        return f"flow serving on {where}"
+
     _setup_logging(log_level)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        with Flow.load_config(uses) as f:
-            where = ", ".join(
-                f"{p}://{f.config.host}:{port}" for p, port in zip(f.protocols, f.ports, strict=True)
-            )
-            typer.echo(f"flow serving on {where}")
-            f.block(stop)
-    except PlaitError as e:
-        raise _fail(str(e)) from None
+    with _clean_errors():
+        _serve_blocking(Flow.load_config(uses), banner)
 
 
 @app.command()
