@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/serve_example.py
+	$(BIN)/python examples/search/serve.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -277,3 +277,9 @@ class Sleeper(Executor):
     async def sleep(self, docs: DocList[Doc], parameters: dict[str, float], **kwargs: object) -> DocList[Doc]:
         await asyncio.sleep(float(parameters.get("seconds", 1.0)))
         return docs
+
+
+class ShardCounter(Executor):
+    @requests(on="/count")
+    async def count(self, docs: DocList[Text], **kwargs: object) -> dict[str, int]:
+        return {"shard": self.runtime_args.shard_id, "n": len(docs)}

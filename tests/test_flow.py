@@ -261,3 +261,22 @@ def test_a_client_leaving_a_stream_cancels_the_executor_generator(tmp_path: Path
 def test_a_bad_when_condition_is_reported_by_add() -> None:
     with pytest.raises(ConfigError, match=r"Flow.add\('t'\).when.tag: unknown operator '\$bigger'"):
         Flow().add(name="t", uses="executors:Tagger", when={"tag": {"$bigger": 1}})
+
+
+def test_dict_results_of_shards_polled_all_are_all_kept() -> None:
+    flow = Flow(host=H, quiet=True, grace_period=2).add(
+        name="counter", uses="executors:ShardCounter", shards=2, polling="ALL"
+    )
+    with flow:
+        responses: list[Response] = []
+        flow.post("/count", [Text(), Text(), Text()], on_done=responses.append)
+    assert responses[0].parameters["__results__"]["counter"] == [{"shard": 0, "n": 3}, {"shard": 1, "n": 3}]
+
+
+def test_relative_workspace_in_yaml_is_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "flow.yml").write_text(
+        "jtype: Flow\nexecutors:\n  - name: e\n    uses: executors:Echo\n    workspace: data\n"
+    )
+    flow = Flow.load_config(tmp_path / "sub" / "flow.yml")
+    assert flow.config.executors[0].executor.workspace == str((tmp_path / "sub" / "data").resolve())

@@ -222,8 +222,10 @@ class Router:
                     input_schema=first.input_schema,
                     output_schema=last.output_schema,
                     streaming=len(serving) == 1 and first.streaming,
-                    doc=first.doc,
-                    parameters_schema=first.parameters_schema,
+                    doc=next((n.endpoints[name].doc for n in serving if n.endpoints[name].doc), ""),
+                    parameters_schema=next(
+                        (s for n in serving if (s := n.endpoints[name].parameters_schema)), ""
+                    ),
                 )
             )
         return pb.DescribeResponse(
@@ -339,11 +341,14 @@ class Router:
                 await asyncio.gather(*(self._call(node, shard, forwarded, timeout) for shard in node.shards))
             )
         results = dict(payload.results)
-        for response in responses:
-            if response.parameters and response.parameters != forwarded.parameters:
-                results.update(_results_of(response.parameters))
         if len(responses) == 1:
+            if responses[0].parameters and responses[0].parameters != forwarded.parameters:
+                results.update(_results_of(responses[0].parameters))
             return _Payload(responses[0].docs, results)
+        # Shards polled with ALL: each shard's dict result is kept, as a list in shard order.
+        per_shard = [_results_of(r.parameters).get(node.name) for r in responses]
+        if any(r is not None for r in per_shard):
+            results[node.name] = per_shard
         return _Payload(encode_raw(merge_rows([decode_raw(r.docs) for r in responses])), results)
 
     async def _call(

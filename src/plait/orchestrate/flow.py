@@ -184,6 +184,8 @@ class Flow(Orchestration):
             if "with" in entry:  # Jina's spelling of uses_with inside an executor entry
                 entry["uses_with"] = {**entry.pop("with"), **entry.get("uses_with", {})}
             entry["py_modules"] = [_resolve(m, base) for m in _as_tuple(entry.get("py_modules"))]
+            if isinstance(entry.get("workspace"), str) and not os.path.isabs(entry["workspace"]):
+                entry["workspace"] = str((base / entry["workspace"]).resolve())
             if isinstance(entry.get("uses"), str) and entry["uses"].endswith((".yml", ".yaml")):
                 entry["uses"] = _resolve(entry["uses"], base)
             try:
