@@ -82,3 +82,49 @@ def rss_mb(pid: int) -> float | None:
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def median_tree(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-key medians of nested result dicts: numeric leaves become the median over the rounds
+    that have them (None when none do); dicts recurse; other leaves keep the last round's value."""
+    keys: dict[str, None] = {}
+    for r in rounds:
+        keys.update(dict.fromkeys(r))
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        if values and all(isinstance(v, dict) for v in values):
+            out[key] = median_tree(values)
+        elif values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[key] = statistics.median(values)
+        else:
+            out[key] = values[-1] if values else None
+    return out
+
+
+def established_to(port: int) -> int:
+    """How many ESTABLISHED TCP connections (IPv4 and IPv6) have ``port`` as their remote port:
+    the client side of every connection this host has open to a server on that port."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                        count += 1
+        except OSError:
+            continue
+    return count
+
+
+def check(value: float | None, limit: float, at_least: bool) -> bool | None:
+    """Whether ``value`` meets ``limit`` (``>=`` when ``at_least``, else ``<=``); None if unknown."""
+    if value is None:
+        return None
+    return value >= limit if at_least else value <= limit
+
+
+def mark(met: bool | None) -> str:
+    return "—" if met is None else ("✔ met" if met else "✘ not met")

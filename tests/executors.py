@@ -283,3 +283,25 @@ class ShardCounter(Executor):
     @requests(on="/count")
     async def count(self, docs: DocList[Text], **kwargs: object) -> dict[str, int]:
         return {"shard": self.runtime_args.shard_id, "n": len(docs)}
+
+
+class Resilient(Executor):
+    """The same slow work, once declared idempotent and once not."""
+
+    async def _work(self, docs: DocList[Text], parameters: dict[str, float]) -> DocList[Text]:
+        await asyncio.sleep(float(parameters.get("seconds", 0.5)))
+        for d in docs:
+            d.text = f"{d.text}@{os.getpid()}"
+        return docs
+
+    @requests(on="/search", idempotent=True)
+    async def search(
+        self, docs: DocList[Text], parameters: dict[str, float], **kwargs: object
+    ) -> DocList[Text]:
+        return await self._work(docs, parameters)
+
+    @requests(on="/write")
+    async def write(
+        self, docs: DocList[Text], parameters: dict[str, float], **kwargs: object
+    ) -> DocList[Text]:
+        return await self._work(docs, parameters)

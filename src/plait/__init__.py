@@ -17,7 +17,7 @@ from plait._version import __version__
 if TYPE_CHECKING:
     from plait.client import AsyncClient, Client
     from plait.docs import AnyDoc, DocList, Document
-    from plait.executor import Executor, requests
+    from plait.executor import Executor, dynamic_batching, requests
     from plait.orchestrate import Deployment, Flow
 
 _EXPORTS = {
@@ -29,6 +29,7 @@ _EXPORTS = {
     "Document": "plait.docs",
     "Executor": "plait.executor",
     "Flow": "plait.orchestrate",
+    "dynamic_batching": "plait.executor",
     "requests": "plait.executor",
 }
 
@@ -42,6 +43,7 @@ __all__ = [
     "Executor",
     "Flow",
     "__version__",
+    "dynamic_batching",
     "requests",
 ]
 

@@ -14,6 +14,7 @@ from plait.errors import ClientClosedError, PlaitError, UnavailableError
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
+from plait.wire.retry import with_retries
 
 _METHOD = f"/{SERVICE_NAME}/"
 
@@ -62,7 +63,9 @@ class GrpcTransport(Transport):
 
     def _error(self, err: grpc.RpcError) -> PlaitError:
         error = error_from_rpc_error(err)
-        if isinstance(error, UnavailableError) and "address" not in error.details:
+        # Name the address only when *this* connection failed; an error relayed by a gateway
+        # names the executor it came from instead.
+        if isinstance(error, UnavailableError) and not {"address", "executor"} & error.details.keys():
             error.details["address"] = ",".join(self.addresses)
             error.message = f"{error.message} (server at {', '.join(self.addresses)})"
             error.args = (error.message,)
@@ -80,8 +83,10 @@ class GrpcTransport(Transport):
 
     async def call(self, call: Call, timeout: float | None = None) -> Reply:
         await self.open()
+        request = self._request(call)
         try:
-            response = await self._process(self._request(call), timeout=timeout)
+            # A call that never reached a replica (refused, none ready) goes to the next one.
+            response = await with_retries(lambda left: self._process(request, timeout=left), timeout=timeout)
         except grpc.RpcError as e:
             raise self._error(e) from None
         return Reply(response.request_id, response.docs, _loads(response.parameters))

@@ -1,7 +1,9 @@
 """Frozen, typed configuration: built once at the edge (kwargs, YAML, CLI), never mutated."""
 
 from plait.config.models import (
+    DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
     PROTOCOLS,
     DeploymentConfig,
     ExecutorConfig,
@@ -17,7 +19,9 @@ from plait.config.models import (
 from plait.config.yaml import dump_yaml, expand_env, load_executor_yaml, load_yaml
 
 __all__ = [
+    "DEFAULT_MAX_CONCURRENT",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_QUEUE",
     "PROTOCOLS",
     "DeploymentConfig",
     "ExecutorConfig",

@@ -15,6 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT = 64
+"""Requests an executor replica runs at once by default (``max_concurrent``)."""
+DEFAULT_MAX_QUEUE = 256
+"""Requests that may wait for a slot by default (``max_queue``); more are refused (429)."""
 """Largest gRPC message a server accepts by default (64 MiB); ``max_message_size`` changes it."""
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -44,6 +48,17 @@ class ExecutorConfig(FrozenModel):
     allow_concurrent: bool = Field(
         default=False,
         description="run sync endpoints concurrently in a thread pool (default: one at a time, in order)",
+    )
+    exit_on_exceptions: tuple[str, ...] = Field(
+        default=(),
+        description="exception class names ('RuntimeError', 'mymodule.FatalError'; subclasses match too): "
+        "when an endpoint raises one, the request gets its ExecutorError and the process exits (code 1) "
+        "to be restarted",
+    )
+    uses_dynamic_batching: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per endpoint ('/embed') or method name: {'preferred_batch_size': 32, "
+        "'timeout': 2 (ms)}; overrides @dynamic_batching",
     )
 
     @field_validator("name")
@@ -86,6 +101,12 @@ class ReplicaConfig(FrozenModel):
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
     grace_period: float = Field(default=10.0, ge=0, description="seconds in-flight requests get on SIGTERM")
     parent_pid: int | None = Field(default=None, description="exit when this process goes away")
+    max_concurrent: int | None = Field(
+        default=DEFAULT_MAX_CONCURRENT, ge=1, description="requests run at once; None: no limit"
+    )
+    max_queue: int = Field(
+        default=DEFAULT_MAX_QUEUE, ge=0, description="requests waiting for a slot, then refused"
+    )
 
     def runtime_args(self) -> RuntimeArgs:
         return RuntimeArgs(
@@ -143,6 +164,8 @@ class DeploymentConfig(FrozenModel):
     env: dict[str, str] = Field(
         default_factory=dict, description="extra environment for the executor processes"
     )
+    max_concurrent: int | None = Field(default=DEFAULT_MAX_CONCURRENT, ge=1)
+    max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -173,6 +196,8 @@ class ServerOptions(FrozenModel):
         default=DEFAULT_MAX_REQUEST_BYTES, gt=0, description="largest request body"
     )
     max_in_flight: int = Field(default=64, ge=1, description="requests one WebSocket connection runs at once")
+    max_concurrent: int | None = Field(default=1024, ge=1, description="requests the gateway runs at once")
+    max_queue: int = Field(default=4096, ge=0, description="requests waiting at the gateway, then refused")
     grace_period: float = Field(default=10.0, ge=0)
 
 
@@ -192,6 +217,8 @@ class FlowExecutorConfig(FrozenModel):
     )
     env: dict[str, str] = Field(default_factory=dict)
     timeout_send: float | None = Field(default=None, gt=0, description="seconds the gateway waits for it")
+    max_concurrent: int | None = Field(default=DEFAULT_MAX_CONCURRENT, ge=1)
+    max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0)
 
     @property
     def name(self) -> str:
@@ -212,6 +239,7 @@ class GatewayExecutor(FrozenModel):
     needs: tuple[str, ...] = ("gateway",)
     when: dict[str, Any] | None = None
     timeout_send: float | None = None
+    retries: int = Field(default=3, ge=0, description="resends of a call that failed over to another replica")
 
 
 class GatewayConfig(FrozenModel):

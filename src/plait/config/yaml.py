@@ -78,7 +78,7 @@ def load_executor_yaml(source: str | os.PathLike[str], **overrides: Any) -> Exec
     data = load_yaml(source)
     where = str(source)
     base = pathlib.Path(source).resolve().parent if pathlib.Path(source).is_file() else pathlib.Path.cwd()
-    known = {"jtype", "with", "metas", "py_modules", "requests", "dynamic_batching"}
+    known = {"jtype", "with", "metas", "py_modules", "requests", "dynamic_batching", "uses_dynamic_batching"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; an Executor YAML has {sorted(known)}")
@@ -94,10 +94,27 @@ def load_executor_yaml(source: str | os.PathLike[str], **overrides: Any) -> Exec
     }
     if "name" in metas:
         fields["name"] = metas["name"]
+    batching = data.get("dynamic_batching", data.get("uses_dynamic_batching")) or {}
+    if not isinstance(batching, dict):
+        raise ConfigError(
+            f"{where}: dynamic_batching maps endpoints to options, e.g. "
+            "{'/embed': {'preferred_batch_size': 32, 'timeout': 2}}"
+        )
+    # Option by option, explicit settings (uses_dynamic_batching=...) win over the file's.
+    merged_batching = dict(batching)
+    for key, options in overrides.pop("uses_dynamic_batching", {}).items():
+        earlier = merged_batching.get(key)
+        merged_batching[key] = {**earlier, **options} if isinstance(earlier, dict) else options
     merged_with = {**fields["uses_with"], **overrides.pop("uses_with", {})}
     merged_metas = {**fields["uses_metas"], **overrides.pop("uses_metas", {})}
     merged_modules = tuple(fields["py_modules"]) + tuple(overrides.pop("py_modules", ()))
-    fields.update(overrides, uses_with=merged_with, uses_metas=merged_metas, py_modules=merged_modules)
+    fields.update(
+        overrides,
+        uses_with=merged_with,
+        uses_metas=merged_metas,
+        py_modules=merged_modules,
+        uses_dynamic_batching=merged_batching,
+    )
     try:
         return ExecutorConfig(**fields)
     except ValueError as e:

@@ -9,6 +9,7 @@ DEFAULT_ENDPOINT = "/default"
 """Where ``@requests`` without ``on`` binds: the fallback for every endpoint not bound otherwise."""
 
 ENDPOINTS_ATTR = "__plait_endpoints__"
+IDEMPOTENT_ATTR = "__plait_idempotent__"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,22 +31,29 @@ def _normalize(on: str | Sequence[str] | None) -> tuple[str, ...]:
 @overload
 def requests(func: F, /) -> F: ...
 @overload
-def requests(*, on: str | Sequence[str] | None = None) -> Callable[[F], F]: ...
+def requests(*, on: str | Sequence[str] | None = None, idempotent: bool = False) -> Callable[[F], F]: ...
 
 
-def requests(func: F | None = None, /, *, on: str | Sequence[str] | None = None) -> F | Callable[[F], F]:
+def requests(
+    func: F | None = None, /, *, on: str | Sequence[str] | None = None, idempotent: bool = False
+) -> F | Callable[[F], F]:
     """Mark an Executor method as the handler of endpoint(s) ``on``.
 
     ``@requests`` alone binds the default endpoint, which serves any endpoint that has no handler
     of its own. The method may be ``def`` or ``async def``, take ``docs: DocList[T]`` (the whole
     request) or ``doc: T`` (called once per document), and may be a generator that yields
     documents (a streaming endpoint).
+
+    ``idempotent=True`` says running the method twice for the same request is harmless (a search,
+    an embedding): a call cut off when its replica died is then retried on another replica.
     """
     names = _normalize(on)
 
     def mark(fn: F) -> F:
         previous: tuple[str, ...] = getattr(fn, ENDPOINTS_ATTR, ())
         setattr(fn, ENDPOINTS_ATTR, previous + tuple(n for n in names if n not in previous))
+        if idempotent:
+            setattr(fn, IDEMPOTENT_ATTR, True)
         return fn
 
     if func is not None:

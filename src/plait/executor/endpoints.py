@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 from plait.docs import AnyDoc, DocList, Document
 from plait.errors import ConfigError
+from plait.executor.batching import BATCHING_ATTR, BatchingConfig, check_batchable
+from plait.executor.decorators import IDEMPOTENT_ATTR
 
 _STREAM_ORIGINS = {
     cabc.AsyncIterator,
@@ -48,7 +50,9 @@ class EndpointSpec:
     passes_parameters: bool
     passes_kwargs: bool
     passes_docs_matrix: bool = False
+    idempotent: bool = False
     doc: str = ""
+    batching: BatchingConfig | None = None  # from @dynamic_batching; a server may override it
 
     @property
     def streaming(self) -> bool:
@@ -98,7 +102,8 @@ def _build_spec(endpoint: str, fn: Callable[..., Any], hints: Mapping[str, Any],
     output_type = _doc_type_of(hints.get("return", inspect.Parameter.empty), where) or input_type
     ptype = hints.get("parameters")
     parameters_type = ptype if isinstance(ptype, type) and issubclass(ptype, BaseModel) else None
-    return EndpointSpec(
+    batching: BatchingConfig | None = getattr(fn, BATCHING_ATTR, None)
+    spec = EndpointSpec(
         endpoint=endpoint,
         method_name=fn.__name__,
         fn=fn,
@@ -111,8 +116,13 @@ def _build_spec(endpoint: str, fn: Callable[..., Any], hints: Mapping[str, Any],
         passes_parameters="parameters" in params or passes_kwargs,
         passes_kwargs=passes_kwargs,
         passes_docs_matrix="docs_matrix" in params,
+        idempotent=bool(getattr(fn, IDEMPOTENT_ATTR, False)),
         doc=inspect.getdoc(fn) or "",
+        batching=batching,
     )
+    if batching is not None:
+        check_batchable(spec, f"{where}: @dynamic_batching")
+    return spec
 
 
 def build_endpoint_table(cls: type, marker: str) -> dict[str, EndpointSpec]:
@@ -125,6 +135,10 @@ def build_endpoint_table(cls: type, marker: str) -> dict[str, EndpointSpec]:
         for attr, value in vars(klass).items():
             fn = value.__func__ if isinstance(value, staticmethod | classmethod) else value
             endpoints = getattr(fn, marker, None)
+            if not endpoints and callable(fn) and hasattr(fn, BATCHING_ATTR):
+                raise ConfigError(
+                    f"{cls.__qualname__}.{attr}: @dynamic_batching needs @requests on the method"
+                )
             if not endpoints or not callable(fn):
                 continue
             try:

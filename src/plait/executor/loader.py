@@ -137,6 +137,8 @@ def expand_yaml_uses(cfg: ExecutorConfig) -> ExecutorConfig:
         "name": cfg.name,
         "workspace": cfg.workspace,
         "allow_concurrent": cfg.allow_concurrent,
+        "exit_on_exceptions": cfg.exit_on_exceptions,
+        "uses_dynamic_batching": cfg.uses_dynamic_batching,
     }
     return load_executor_yaml(cfg.uses, **overrides)
 

@@ -81,9 +81,12 @@ def _parse_timeout(value: bytes) -> float:
     return timeout
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
+async def _respond(send: Send, status: int, body: bytes, error: PlaitError | None = None) -> None:
     # With a Content-Length the body goes out in one piece, not chunked.
     headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))]
+    retry_after = error.details.get("retry_after") if error is not None else None
+    if retry_after is not None:  # a server at capacity (429) says when to come back
+        headers.append((b"retry-after", b"%d" % max(1, round(float(retry_after)))))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -133,15 +136,15 @@ class EndpointCalls:
             response = await self._guard(
                 self.processor.process(request, timeout=headers.timeout), headers.timeout, receive
             )
-            status, payload = 200, reply_json(request_id, response)
+            status, payload, failure = 200, reply_json(request_id, response), None
         except PlaitError as e:
-            status, payload = e.http_status, error_json(e)
+            status, payload, failure = e.http_status, error_json(e), e
         except _ClientGone:
             return
         except Exception:
             log.exception("HTTP %s: request %s failed", scope.get("path"), request_id)
-            status, payload = 500, error_json(internal_error(request_id))
-        await _respond(send, status, payload)
+            status, payload, failure = 500, error_json(internal_error(request_id)), None
+        await _respond(send, status, payload, failure)
 
     async def get(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A streaming endpoint called with its one input document's fields as the query string."""
@@ -152,7 +155,7 @@ class EndpointCalls:
             doc = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
             request = to_request(request_id, scope["path"], doc, None, "")
         except PlaitError as e:
-            await _respond(send, e.http_status, error_json(e))
+            await _respond(send, e.http_status, error_json(e), e)
             return
         await self._stream(request, headers.timeout, receive, send)
 
@@ -222,7 +225,7 @@ class EndpointCalls:
         if events.started:
             await events.fail(error)
         else:  # nothing sent yet: the error gets its own status code
-            await _respond(send, error.http_status, error_json(error))
+            await _respond(send, error.http_status, error_json(error), error)
 
 
 class _EventStream:

@@ -38,6 +38,7 @@ from plait.gateway.reduce import merge_rows
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
+from plait.wire.retry import with_retries
 
 log = logging.getLogger("plait.gateway")
 
@@ -333,12 +334,14 @@ class Router:
             forwarded.docs_matrix.extend(p.docs for p in inputs)
         timeout = _remaining(deadline, node.cfg.timeout_send, node)
         if len(node.shards) == 1:
-            responses = [await self._call(node, node.shards[0], forwarded, timeout)]
+            responses = [await self._call(node, node.shards[0], forwarded, timeout, info.idempotent)]
         elif node.polling(request.endpoint) == "ANY":
-            responses = [await self._call(node, node.pick_shard(), forwarded, timeout)]
+            responses = [await self._call(node, node.pick_shard(), forwarded, timeout, info.idempotent)]
         else:
             responses = list(
-                await asyncio.gather(*(self._call(node, shard, forwarded, timeout) for shard in node.shards))
+                await asyncio.gather(
+                    *(self._call(node, shard, forwarded, timeout, info.idempotent) for shard in node.shards)
+                )
             )
         results = dict(payload.results)
         if len(responses) == 1:
@@ -352,10 +355,15 @@ class Router:
         return _Payload(encode_raw(merge_rows([decode_raw(r.docs) for r in responses])), results)
 
     async def _call(
-        self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None
+        self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None, idempotent: bool
     ) -> pb.Response:
         try:
-            response: pb.Response = await shard.process(request, timeout=timeout)
+            response: pb.Response = await with_retries(
+                lambda left: shard.process(request, timeout=left),
+                timeout=timeout,
+                retries=node.cfg.retries,
+                idempotent=idempotent,
+            )
         except grpc.RpcError as e:
             raise self._executor_error(node, e) from None
         return response
@@ -364,7 +372,10 @@ class Router:
     def _executor_error(node: _Node, err: grpc.RpcError) -> PlaitError:
         error = error_from_rpc_error(err)
         error.details.setdefault("executor", node.name)
-        if isinstance(error, UnavailableError | DeadlineExceededError) and node.name not in error.message:
+        if (
+            isinstance(error, UnavailableError | DeadlineExceededError)
+            and f"{node.name!r}" not in error.message
+        ):
             error.message = f"executor {node.name!r}: {error.message}"
             error.args = (error.message,)
         return error

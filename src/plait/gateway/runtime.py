@@ -15,6 +15,7 @@ from plait.config import GatewayConfig
 from plait.gateway.protocols import ProtocolServer, server_class
 from plait.gateway.router import Router
 from plait.serve.lifecycle import run_until_stopped
+from plait.serve.limits import limited
 
 log = logging.getLogger("plait.gateway")
 
@@ -33,8 +34,10 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         await self.router.discover(cfg.timeout_ready)
+        # One admission limit for the whole gateway, shared by every protocol it speaks.
+        processor = limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue)
         for protocol, port in zip(cfg.protocols, cfg.ports, strict=True):
-            server = server_class(protocol)(self.router, cfg.host, port, cfg.options)
+            server = server_class(protocol)(processor, cfg.host, port, cfg.options)
             await server.start()
             self.servers.append(server)
         addrs = ", ".join(

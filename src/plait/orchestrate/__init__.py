@@ -2,5 +2,6 @@
 
 from plait.orchestrate.deployment import Deployment
 from plait.orchestrate.flow import Flow
+from plait.orchestrate.supervisor import ReplicaStatus, RestartPolicy
 
-__all__ = ["Deployment", "Flow"]
+__all__ = ["Deployment", "Flow", "ReplicaStatus", "RestartPolicy"]

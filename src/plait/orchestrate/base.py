@@ -1,4 +1,5 @@
-"""What a Deployment and a Flow share as a user sees them: start/close, ``with``, ``post``, ``block``."""
+"""What a Deployment and a Flow share as a user sees them: start/close, ``with``, ``post``, ``block``,
+``status``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from plait.client.async_client import DocInputs
 from plait.docs import DocList, Document
 from plait.errors import UnavailableError
 from plait.orchestrate.process import ChildProcess
+from plait.orchestrate.supervisor import ReplicaStatus, Supervisor
 
 T = TypeVar("T", bound=Document)
 
@@ -38,6 +40,16 @@ class Orchestration(abc.ABC):
     def client(self) -> Client:
         """The client ``post`` uses (raises before ``start``)."""
 
+    @abc.abstractmethod
+    def _supervision(self) -> Supervisor | None:
+        """The supervisor watching the processes (None before ``start``)."""
+
+    def status(self) -> list[ReplicaStatus]:
+        """Every process: label, address, pid, alive, restarts and why it last exited (empty before
+        ``start``)."""
+        supervisor = self._supervision()
+        return supervisor.status() if supervisor is not None else []
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -47,12 +59,14 @@ class Orchestration(abc.ABC):
         self.close()
 
     def block(self, stop_event: threading.Event | None = None) -> None:
-        """Serve until ``stop_event`` is set or Ctrl-C; raises if every process has died."""
+        """Serve until ``stop_event`` is set or Ctrl-C; without restarts, raises if every process has died."""
         event = stop_event or threading.Event()
         try:
             while not event.wait(0.5):
                 children = self.children
-                if children and not any(c.alive() for c in children):
+                supervisor = self._supervision()
+                restarting = supervisor is not None and supervisor.policy is not None
+                if children and not restarting and not any(c.alive() for c in children):
                     last = children[-1]
                     raise UnavailableError(
                         f"every process has exited. Last output of {last.label!r}:\n{last.last_lines()}"

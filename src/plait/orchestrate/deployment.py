@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plait.client import Client
 from plait.config import (
+    DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
     DeploymentConfig,
     FlowExecutorConfig,
     ReplicaConfig,
@@ -19,8 +22,10 @@ from plait.errors import ConfigError
 from plait.executor import Executor
 from plait.executor.loader import importing_user_code
 from plait.orchestrate.base import Orchestration
+from plait.orchestrate.devices import DevicePlacement, read_parent_setting
 from plait.orchestrate.flow import Flow
 from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.supervisor import RestartPolicy, Supervisor, replace_child
 from plait.orchestrate.uses import executor_config_for
 
 log = logging.getLogger("plait.orchestrate")
@@ -34,8 +39,13 @@ class Deployment(Orchestration):
     Each replica is its own process, started through ``plait executor``. Over plain gRPC there is
     no extra hop: with one replica it binds ``host:port`` itself; with several, every replica binds
     the shared public port (the kernel spreads connections) plus a private loopback port over which
-    ``post`` balances each request. With ``shards > 1`` or an HTTP/WebSocket ``protocol``, a gateway
-    process stands in front (a one-executor Flow): it scatters to shards and speaks those protocols.
+    ``post`` balances each request (and a probe port of its own, for readiness). With
+    ``shards > 1`` or an HTTP/WebSocket ``protocol``, a gateway process stands in front (a
+    one-executor Flow): it scatters to shards and speaks those protocols.
+
+    A supervisor thread restarts replicas that die (``restarts=False`` turns that off; a
+    :class:`RestartPolicy` tunes the backoff); ``status()`` reports on them, and
+    ``rolling_update(uses_with=...)`` replaces them one at a time.
     """
 
     def __init__(
@@ -58,6 +68,11 @@ class Deployment(Orchestration):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         grace_period: float = 10.0,
         env: Mapping[str, str] | None = None,
+        exit_on_exceptions: Sequence[str] = (),
+        restarts: bool | RestartPolicy = True,
+        devices: Sequence[str] | None = None,
+        max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         quiet: bool = False,
         config: DeploymentConfig | None = None,
     ) -> None:
@@ -75,6 +90,8 @@ class Deployment(Orchestration):
                 workspace=workspace,
                 allow_concurrent=allow_concurrent,
             )
+            if exit_on_exceptions:
+                executor = executor.model_copy(update={"exit_on_exceptions": tuple(exit_on_exceptions)})
             try:
                 config = DeploymentConfig(
                     executor=executor,
@@ -88,6 +105,8 @@ class Deployment(Orchestration):
                     max_message_size=max_message_size,
                     grace_period=grace_period,
                     env=dict(env or {}),
+                    max_concurrent=max_concurrent,
+                    max_queue=max_queue,
                 )
             except ValueError as e:
                 raise ConfigError(f"Deployment: {e}") from e
@@ -97,6 +116,10 @@ class Deployment(Orchestration):
         self._client: Client | None = None
         self._port: int | None = config.port
         self._flow: Flow | None = None
+        self._restarts = restarts
+        self._devices = tuple(devices) if devices is not None else None
+        self._supervisor: Supervisor | None = None
+        self._updating = threading.Lock()
 
     @classmethod
     def load_config(cls, source: str | os.PathLike[str], **overrides: Any) -> Deployment:
@@ -154,6 +177,35 @@ class Deployment(Orchestration):
             raise RuntimeError("start the Deployment first (`with Deployment(...) as dep:` or dep.start())")
         return self._client
 
+    def _supervision(self) -> Supervisor | None:
+        return self._flow._supervision() if self._flow is not None else self._supervisor
+
+    def _replica_children(self, port: int) -> list[ChildProcess]:
+        """One process per replica. Several replicas each bind: a probe port of their own, a
+        private port ``post`` balances over (its address, kept by a replacement) and the public port."""
+        cfg = self.config
+        placement = DevicePlacement(devices=self._devices, parent_setting=read_parent_setting())
+        envs = placement.environments(cfg.env, cfg.replicas, who=f"deployment {cfg.executor.name!r}")
+        name = cfg.executor.name
+        children = []
+        for replica, env in zip(self._replica_configs(port), envs, strict=True):
+            if cfg.replicas == 1:
+                address = f"{connect_host(replica.host)}:{replica.port}"
+                children.append(ChildProcess(name, "executor", replica, address, env, quiet=self._quiet))
+                continue
+            children.append(
+                ChildProcess(
+                    f"{name}/rep-{replica.replica_id}",
+                    "executor",
+                    replica,
+                    f"127.0.0.1:{replica.extra_ports[0]}",
+                    env,
+                    probe_address=f"127.0.0.1:{replica.port}",
+                    quiet=self._quiet,
+                )
+            )
+        return children
+
     def _replica_configs(self, port: int) -> list[ReplicaConfig]:
         cfg = self.config
         common: dict[str, Any] = {
@@ -162,6 +214,8 @@ class Deployment(Orchestration):
             "shards": cfg.shards,
             "max_message_size": cfg.max_message_size,
             "grace_period": cfg.grace_period,
+            "max_concurrent": cfg.max_concurrent,
+            "max_queue": cfg.max_queue,
             "parent_pid": os.getpid(),
         }
         if cfg.replicas == 1:
@@ -170,6 +224,7 @@ class Deployment(Orchestration):
             ReplicaConfig(
                 host="127.0.0.1",
                 port=free_port(),
+                extra_ports=(free_port(),),
                 public_host=cfg.host,
                 public_port=port,
                 replica_id=i,
@@ -194,12 +249,7 @@ class Deployment(Orchestration):
         port = cfg.port or free_port(connect_host(cfg.host))
         self._port = port
         name = cfg.executor.name
-        for replica in self._replica_configs(port):
-            label = name if cfg.replicas == 1 else f"{name}/rep-{replica.replica_id}"
-            address = f"{connect_host(replica.host)}:{replica.port}"
-            self._children.append(
-                ChildProcess(label, "executor", replica, address, cfg.env, quiet=self._quiet)
-            )
+        self._children = self._replica_children(port)
         try:
             for child in self._children:
                 child.start()
@@ -207,6 +257,10 @@ class Deployment(Orchestration):
         except BaseException:
             self.close()
             raise
+        policy = RestartPolicy() if self._restarts is True else self._restarts or None
+        self._supervisor = Supervisor(f"deployment {name!r}", policy)
+        self._supervisor.watch(self._children)
+        self._supervisor.start()
         self._client = Client(self.addresses, max_message_size=cfg.max_message_size)
         log.info("deployment %r ready on %s:%d (%d replica(s))", name, cfg.host, port, cfg.replicas)
         return self
@@ -223,6 +277,8 @@ class Deployment(Orchestration):
             timeout_ready=cfg.timeout_ready,
             grace_period=cfg.grace_period,
             quiet=self._quiet,
+            restarts=self._restarts,
+            devices=self._devices,
         )
         node = FlowExecutorConfig(
             executor=cfg.executor,
@@ -231,11 +287,74 @@ class Deployment(Orchestration):
             polling=cfg.polling,
             needs=("gateway",),
             env=cfg.env,
+            max_concurrent=cfg.max_concurrent,
+            max_queue=cfg.max_queue,
         )
-        return Flow(config=flow.config.model_copy(update={"executors": (node,)}), quiet=self._quiet)
+        return Flow(
+            config=flow.config.model_copy(update={"executors": (node,)}),
+            quiet=self._quiet,
+            restarts=self._restarts,
+            devices=self._devices,
+        )
+
+    def rolling_update(self, uses_with: Mapping[str, Any]) -> None:
+        """Replace the replicas one at a time with ones built with ``uses_with`` (it replaces the
+        old ``uses_with``); return when all run the new config.
+
+        With ``replicas >= 2`` no request fails: each new replica starts next to the old one on the
+        same private and public ports (SO_REUSEPORT) and gets ready; then the old one drains —
+        it reports NOT_SERVING, so balancing clients send new calls to the others, and in-flight
+        calls finish — and exits; clients reconnect to the same address and reach the new one.
+        With one replica (its port cannot be shared) the old one drains before the new one starts:
+        requests in between fail. If a new replica does not come up, the old one keeps serving and
+        StartupError is raised (replicas already replaced stay replaced).
+        """
+        if self._flow is not None:
+            self._flow.rolling_update(self.config.executor.name, uses_with)
+            self.config = self.config.model_copy(update={"executor": self._flow.config.executors[0].executor})
+            return
+        supervisor = self._supervisor
+        if supervisor is None:
+            raise RuntimeError("start the Deployment before a rolling update")
+        with self._updating:
+            cfg = self.config
+            executor = cfg.executor.model_copy(update={"uses_with": dict(uses_with)})
+            for i, old in enumerate(list(self._children)):
+                assert isinstance(old.config, ReplicaConfig)
+                overlap = cfg.replicas > 1
+                update: dict[str, Any] = {"executor": executor}
+                if overlap:
+                    update["port"] = free_port()
+                config = old.config.model_copy(update=update)
+                probe = f"127.0.0.1:{config.port}" if overlap else None
+                new = ChildProcess(
+                    old.label,
+                    "executor",
+                    config,
+                    old.address,
+                    old.env,
+                    probe_address=probe,
+                    quiet=self._quiet,
+                )
+                replace_child(
+                    supervisor,
+                    old,
+                    new,
+                    overlap=overlap,
+                    timeout_ready=cfg.timeout_ready,
+                    grace_period=cfg.grace_period,
+                )
+                self._children[i] = new
+                log.info("deployment %r: %s updated (pid %s)", executor.name, new.label, new.pid)
+            self.config = cfg.model_copy(update={"executor": executor})
 
     def close(self) -> None:
         """Stop every replica (graceful drain, then SIGKILL after the grace period)."""
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.stop()  # first: nothing is restarted while it stops
+            # A rolling update cut short (Ctrl-C) may have swapped in a replica not listed yet.
+            self._children += [c for c in supervisor.children() if c not in self._children]
         flow, self._flow = self._flow, None
         if flow is not None:
             flow.close()

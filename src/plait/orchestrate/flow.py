@@ -3,18 +3,27 @@
 A Flow is an immutable description (``add`` returns a new Flow, as Jina's ``copy_flow`` does) until
 ``start()``: then every executor shard and replica becomes a process, and once they are all ready the
 gateway process starts, discovers their endpoints, and serves. ``post`` talks to the gateway.
+
+Each executor replica keeps one address (``127.0.0.1:<port>``, the one the gateway dials) for the
+Flow's life: a restarted replica binds it again, and during ``rolling_update`` the new replica binds
+it next to the old one (SO_REUSEPORT) — each also has a probe port of its own for readiness — so
+the gateway never needs new addresses.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from plait.client import Client
 from plait.config import (
+    DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
     FlowConfig,
     FlowExecutorConfig,
     GatewayConfig,
@@ -29,9 +38,13 @@ from plait.executor import Executor
 from plait.executor.loader import importing_user_code
 from plait.gateway.conditions import compile_condition
 from plait.orchestrate.base import Orchestration
+from plait.orchestrate.devices import DevicePlacement, read_parent_setting, without_round_robin
 from plait.orchestrate.plot import PlotNode, to_mermaid, to_svg
 from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.supervisor import RestartPolicy, Supervisor, replace_child
 from plait.orchestrate.uses import executor_config_for
+
+log = logging.getLogger("plait.orchestrate")
 
 START = "gateway"
 
@@ -62,8 +75,12 @@ class Flow(Orchestration):
         grace_period: float = 10.0,
         env: Mapping[str, str] | None = None,
         quiet: bool = False,
+        restarts: bool | RestartPolicy = True,
+        devices: Sequence[str] | None = None,
         config: FlowConfig | None = None,
     ) -> None:
+        """``restarts``: restart processes that die (a :class:`RestartPolicy` tunes the backoff).
+        ``devices``: the GPUs ``CUDA_VISIBLE_DEVICES=RR`` cycles over (default: detected)."""
         if config is None:
             protocols = _as_tuple(protocol) or ("grpc",)
             ports = _as_tuple(port) or (None,) * len(protocols)
@@ -98,6 +115,10 @@ class Flow(Orchestration):
         self._gateway: ChildProcess | None = None
         self._client: Client | None = None
         self._ports: tuple[int, ...] = ()
+        self._restarts = restarts
+        self._devices = tuple(devices) if devices is not None else None
+        self._supervisor: Supervisor | None = None
+        self._updating = threading.Lock()
 
     # -- building ------------------------------------------------------------------------------
 
@@ -118,9 +139,14 @@ class Flow(Orchestration):
         when: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         timeout_send: float | None = None,
+        exit_on_exceptions: Sequence[str] = (),
+        max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> Flow:
         """A new Flow with one more executor. By default it follows the previously added one;
-        ``needs='gateway'`` starts a parallel branch and ``needs=['a', 'b']`` joins branches."""
+        ``needs='gateway'`` starts a parallel branch and ``needs=['a', 'b']`` joins branches.
+        ``exit_on_exceptions=['RuntimeError', 'mymodule.FatalError']``: a replica whose endpoint
+        raises one of these answers with the error, then exits to be restarted."""
         if uses is None:
             raise ConfigError("Flow.add needs `uses` (an Executor class, 'module:Class' or a YAML path)")
         existing = [e.name for e in self.config.executors]
@@ -142,6 +168,8 @@ class Flow(Orchestration):
             workspace=workspace,
             allow_concurrent=allow_concurrent,
         )
+        if exit_on_exceptions:
+            executor = executor.model_copy(update={"exit_on_exceptions": tuple(exit_on_exceptions)})
         try:
             node = FlowExecutorConfig(
                 executor=executor,
@@ -152,11 +180,13 @@ class Flow(Orchestration):
                 when=dict(when) if when else None,
                 env=dict(env or {}),
                 timeout_send=timeout_send,
+                max_concurrent=max_concurrent,
+                max_queue=max_queue,
             )
         except ValueError as e:
             raise ConfigError(f"Flow.add({node_name!r}): {e}") from e
         config = self.config.model_copy(update={"executors": (*self.config.executors, node)})
-        return Flow(config=config, quiet=self._quiet)
+        return Flow(config=config, quiet=self._quiet, restarts=self._restarts, devices=self._devices)
 
     # -- YAML ----------------------------------------------------------------------------------
 
@@ -221,6 +251,7 @@ class Flow(Orchestration):
                 "py_modules": list(ex.py_modules),
                 "workspace": ex.workspace,
                 "allow_concurrent": ex.allow_concurrent or None,
+                "exit_on_exceptions": list(ex.exit_on_exceptions),
                 "replicas": node.replicas if node.replicas != 1 else None,
                 "shards": node.shards if node.shards != 1 else None,
                 "polling": (node.polling["*"] if list(node.polling) == ["*"] else node.polling)
@@ -230,6 +261,10 @@ class Flow(Orchestration):
                 "when": node.when,
                 "env": node.env,
                 "timeout_send": node.timeout_send,
+                "max_concurrent": node.max_concurrent
+                if node.max_concurrent != DEFAULT_MAX_CONCURRENT
+                else None,
+                "max_queue": node.max_queue if node.max_queue != DEFAULT_MAX_QUEUE else None,
             }
             entry.update({k: v for k, v in optional.items() if v})
             executors.append(entry)
@@ -284,25 +319,38 @@ class Flow(Orchestration):
             raise RuntimeError("start the Flow first (`with flow:` or flow.start())")
         return self._client
 
+    def _supervision(self) -> Supervisor | None:
+        return self._supervisor
+
     def _executor_children(self) -> tuple[list[ChildProcess], list[GatewayExecutor]]:
         cfg = self.config
+        placement = DevicePlacement(devices=self._devices, parent_setting=read_parent_setting())
         children: list[ChildProcess] = []
         routes: list[GatewayExecutor] = []
         for node in cfg.executors:
             shards: list[tuple[str, ...]] = []
+            envs = placement.environments(
+                {**cfg.env, **node.env}, node.shards * node.replicas, who=f"executor {node.name!r}"
+            )
             for shard_id in range(node.shards):
                 addresses = []
                 for replica_id in range(node.replicas):
-                    port = free_port()
+                    # The gateway dials `port`, which a replacement binds too (SO_REUSEPORT: it is
+                    # the "public" port); readiness is probed on a port of the process's own.
+                    port, own_port = free_port(), free_port()
                     replica = ReplicaConfig(
                         executor=node.executor,
-                        port=port,
+                        port=own_port,
+                        public_host="127.0.0.1",
+                        public_port=port,
                         replicas=node.replicas,
                         shards=node.shards,
                         replica_id=replica_id,
                         shard_id=shard_id,
                         max_message_size=cfg.options.max_request_bytes,
                         grace_period=cfg.options.grace_period,
+                        max_concurrent=node.max_concurrent,
+                        max_queue=node.max_queue,
                         parent_pid=os.getpid(),
                     )
                     label = node.name
@@ -311,8 +359,17 @@ class Flow(Orchestration):
                     if node.replicas > 1:
                         label += f"/rep-{replica_id}"
                     address = f"127.0.0.1:{port}"
-                    env = {**cfg.env, **node.env}
-                    children.append(ChildProcess(label, "executor", replica, address, env, quiet=self._quiet))
+                    children.append(
+                        ChildProcess(
+                            label,
+                            "executor",
+                            replica,
+                            address,
+                            envs[shard_id * node.replicas + replica_id],
+                            probe_address=f"127.0.0.1:{own_port}",
+                            quiet=self._quiet,
+                        )
+                    )
                     addresses.append(address)
                 shards.append(tuple(addresses))
             routes.append(
@@ -355,8 +412,9 @@ class Flow(Orchestration):
             )
             address = f"{gateway_host}:{self._ports[0]}"
             probe = "grpc" if cfg.protocols[0] == "grpc" else "http"
+            gateway_env = without_round_robin(cfg.env)
             gateway = ChildProcess(
-                "gateway", "gateway", gateway_cfg, address, cfg.env, probe=probe, quiet=self._quiet
+                "gateway", "gateway", gateway_cfg, address, gateway_env, probe=probe, quiet=self._quiet
             )
             self._gateway = gateway
             # Everything starts at once: the gateway keeps asking the executors for their endpoints
@@ -370,9 +428,69 @@ class Flow(Orchestration):
         except BaseException:
             self.close()
             raise
+        policy = RestartPolicy() if self._restarts is True else self._restarts or None
+        self._supervisor = Supervisor(f"flow {cfg.name!r}", policy)
+        self._supervisor.watch([*children, gateway])
+        self._supervisor.start()
         return self
 
+    def rolling_update(self, name: str, uses_with: Mapping[str, Any]) -> None:
+        """Replace executor ``name``'s replicas one at a time (shard by shard) with ones built with
+        ``uses_with`` (it replaces the old ``uses_with``); return when all run the new config.
+
+        Each new replica starts next to the old one on the address the gateway dials (SO_REUSEPORT)
+        and gets ready; then the old one drains — it reports NOT_SERVING, so the gateway's
+        health-checking channel sends new calls to the other replicas, and in-flight calls finish —
+        and exits; the gateway reconnects to the same address and reaches the new one. With
+        ``replicas >= 2`` no request fails; with one replica per shard, a call racing the switch
+        may. If a new replica does not come up, the old one keeps serving and StartupError is
+        raised (replicas already replaced stay replaced).
+        """
+        supervisor = self._supervisor
+        if supervisor is None:
+            raise RuntimeError("start the Flow before a rolling update")
+        index = next((i for i, n in enumerate(self.config.executors) if n.name == name), None)
+        if index is None:
+            known = ", ".join(n.name for n in self.config.executors)
+            raise ConfigError(f"rolling_update: the Flow has no executor {name!r} (it has: {known})")
+        with self._updating:
+            node = self.config.executors[index]
+            executor = node.executor.model_copy(update={"uses_with": dict(uses_with)})
+            grace = self.config.options.grace_period
+            for i, old in enumerate(list(self._children)):
+                if not isinstance(old.config, ReplicaConfig) or old.config.executor.name != name:
+                    continue
+                config = old.config.model_copy(update={"executor": executor, "port": free_port()})
+                new = ChildProcess(
+                    old.label,
+                    "executor",
+                    config,
+                    old.address,
+                    old.env,
+                    probe_address=f"127.0.0.1:{config.port}",
+                    quiet=self._quiet,
+                )
+                replace_child(
+                    supervisor,
+                    old,
+                    new,
+                    overlap=True,
+                    timeout_ready=self.config.timeout_ready,
+                    grace_period=grace,
+                )
+                self._children[i] = new
+                log.info("flow %r: %s updated (pid %s)", self.config.name, new.label, new.pid)
+            executors = list(self.config.executors)
+            executors[index] = node.model_copy(update={"executor": executor})
+            self.config = self.config.model_copy(update={"executors": tuple(executors)})
+
     def close(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.stop()  # first: nothing is restarted while the processes stop
+            # A rolling update cut short (Ctrl-C) may have swapped in a replica not listed yet.
+            watched = [c for c in supervisor.children() if c is not self._gateway]
+            self._children += [c for c in watched if c not in self._children]
         client, self._client = self._client, None
         if client is not None:
             client.close()

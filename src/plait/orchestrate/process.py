@@ -52,7 +52,13 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 class ChildProcess:
-    """One executor process: started, watched, its last output lines kept, stopped."""
+    """One executor or gateway process: started (again, after it died), its last output lines
+    kept, stopped.
+
+    ``address`` is where callers reach it; ``probe_address`` (default: ``address``) is where its
+    readiness is checked — a port only this process binds, where ``address`` may be shared with the
+    replica it replaces during a rolling update.
+    """
 
     def __init__(
         self,
@@ -63,12 +69,14 @@ class ChildProcess:
         env: Mapping[str, str],
         *,
         probe: str = "grpc",
+        probe_address: str | None = None,
         quiet: bool = False,
     ) -> None:
         self.label = label
         self.command = command
         self.config = config
         self.address = address
+        self.probe_address = probe_address or address
         self.probe = probe
         self._env = env
         self._quiet = quiet
@@ -84,7 +92,15 @@ class ChildProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The extra environment this process gets on top of ours."""
+        return self._env
+
     def start(self) -> None:
+        """Start the process (again, once the previous one has exited: same command, config, ports)."""
+        if self.alive():
+            raise RuntimeError(f"{self.label!r} is already running (pid {self.pid})")
         self._proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -120,8 +136,8 @@ class ChildProcess:
     def is_serving(self, timeout: float = 0.5) -> bool:
         """Ready to serve: gRPC health says SERVING, or HTTP ``GET /ready`` answers 200."""
         if self.probe != "grpc":
-            return _http_ready(self.address, timeout)
-        with grpc.insecure_channel(self.address) as channel:
+            return _http_ready(self.probe_address, timeout)
+        with grpc.insecure_channel(self.probe_address) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout

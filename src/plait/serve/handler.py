@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from plait._version import __version__
 from plait.docs import DocList, Document, decode_docs, encode_docs
 from plait.errors import BadRequestError, EndpointNotFoundError, ExecutorError, PlaitError, SchemaError
 from plait.executor import DEFAULT_ENDPOINT, EndpointSpec, Executor
+from plait.executor.batching import effective_batching
 from plait.executor.endpoints import call_endpoint, parse_parameters, stream_endpoint
+from plait.serve.batcher import Batcher
 from plait.wire import plait_pb2 as pb
 
 RESULTS_KEY = "__results__"
@@ -42,11 +45,26 @@ def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
 class RequestHandler:
     """Serves the endpoints of one Executor instance."""
 
-    def __init__(self, executor: Executor, *, name: str, allow_concurrent: bool = False) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        name: str,
+        allow_concurrent: bool = False,
+        dynamic_batching: Mapping[str, Mapping[str, Any]] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.executor = executor
         self.name = name
         self._table: Mapping[str, EndpointSpec] = type(executor).endpoints
         self._default = self._table.get(DEFAULT_ENDPOINT)
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        """This handler's metrics (``plait_batch_size``, ``plait_batch_wait_seconds``)."""
+        # Endpoint → batching config: @dynamic_batching, overridden by `uses_dynamic_batching`.
+        self._batching = effective_batching(self._table, dynamic_batching, executor=name)
+        self._batcher = Batcher(
+            executor=name, call=self._call_batch, make_error=self._batch_error, registry=self.registry
+        )
         # One worker keeps sync endpoints in order (safe for code that is not thread-safe);
         # allow_concurrent=True lets them overlap.
         self._pool = ThreadPoolExecutor(
@@ -58,10 +76,18 @@ class RequestHandler:
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
 
     def close(self) -> None:
+        """Stop the batch queues, close the Executor, stop the worker threads. Any thread may call it."""
         try:
+            self._batcher.close()
             self.executor.close()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _call_batch(self, spec: EndpointSpec, docs: DocList[Any], parameters: Any) -> Any:
+        return await call_endpoint(spec, self.executor, docs, parameters, self.run_sync)
+
+    def _batch_error(self, endpoint: str, exc: BaseException) -> PlaitError:
+        return exc if isinstance(exc, PlaitError) else self._executor_error(endpoint, exc)
 
     def lookup(self, endpoint: str) -> EndpointSpec:
         spec = self._table.get(endpoint) or self._default
@@ -80,7 +106,17 @@ class RequestHandler:
         except re.error as e:
             raise BadRequestError(f"target_executor {pattern!r} is not a valid regex: {e}") from e
 
+    # -- exit_on_exceptions: the server's hook, kept apart from the rest of the handler -------------
+
+    on_endpoint_error: Callable[[BaseException], None] | None = None
+    """Set by the server: called (on the event loop) with every exception an endpoint raised."""
+
+    def _report_endpoint_error(self, exc: BaseException) -> None:
+        if self.on_endpoint_error is not None:
+            self.on_endpoint_error(exc)
+
     def _executor_error(self, endpoint: str, exc: BaseException) -> ExecutorError:
+        self._report_endpoint_error(exc)
         tb = "".join(traceback.format_exception(exc))
         return ExecutorError(
             f"{type(exc).__name__}: {exc}",
@@ -121,6 +157,10 @@ class RequestHandler:
             e.details.setdefault("executor", self.name)
             e.details.setdefault("endpoint", request.endpoint)
             raise
+        batching = self._batching.get(spec.endpoint)
+        if batching is not None:
+            own_docs, result = await self._batcher.submit(spec, batching, docs, params)
+            return self._response(request, spec, own_docs, result)
         matrix = None
         if spec.passes_docs_matrix and request.docs_matrix:
             matrix = [decode_docs(part, spec.input_type) for part in request.docs_matrix]
@@ -195,6 +235,7 @@ class RequestHandler:
                     output_schema=json.dumps(spec.output_type.model_json_schema()),
                     streaming=spec.streaming,
                     wants_docs_matrix=spec.passes_docs_matrix,
+                    idempotent=spec.idempotent,
                     doc=spec.doc,
                     parameters_schema=json.dumps(spec.parameters_type.model_json_schema())
                     if spec.parameters_type

@@ -2,8 +2,13 @@
 
 Lifecycle: load the Executor, bind the ports, report SERVING on the standard ``grpc.health.v1``
 service, serve until SIGTERM/SIGINT (or until the parent process goes away), then drain: health
-turns NOT_SERVING, new RPCs are refused, in-flight ones get ``grace_period`` seconds, and
-``Executor.close()`` runs.
+turns NOT_SERVING, callers that watch health (plait's channels do) get ``DRAIN_NOTICE_S`` to move
+their new calls to other replicas, then new RPCs are refused, in-flight ones get ``grace_period``
+seconds, and ``Executor.close()`` runs.
+
+``exit_on_exceptions``: when an endpoint raises a listed exception, that request is answered with
+its ExecutorError as usual, then the replica drains and the process exits with code 1, so whatever
+supervises it (a Deployment, a Flow, Kubernetes) starts a fresh one.
 """
 
 from __future__ import annotations
@@ -18,15 +23,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from plait.config import ReplicaConfig
-from plait.errors import PlaitError, StartupError
-from plait.executor.loader import load_executor
+from plait.errors import ExecutorError, PlaitError, StartupError
+from plait.executor.loader import expand_yaml_uses, load_executor
 from plait.serve.handler import RequestHandler
 from plait.serve.lifecycle import run_until_stopped
+from plait.serve.limits import limited
 from plait.serve.processor import Processor
 from plait.wire import SERVICE_NAME, abort_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
 
 log = logging.getLogger("plait.serve")
+
+DRAIN_NOTICE_S = 0.25
+"""Between turning NOT_SERVING and refusing new calls: health-watching callers move away first, so
+a call sent just as a replica stops is not lost (capped at ``grace_period``)."""
 
 STREAM_WINDOW = 64
 """Requests one ProcessStream call runs at once; further ones wait to be read (backpressure)."""
@@ -114,6 +124,8 @@ class ExecutorServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
+        self.exit_reason: str | None = None
+        """Set when a listed exception (``exit_on_exceptions``) makes this replica exit."""
 
     @property
     def name(self) -> str:
@@ -129,15 +141,23 @@ class ExecutorServer:
     async def start(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
+        # Read an Executor YAML here, so its settings (`dynamic_batching:`) reach the handler too.
+        executor_cfg = expand_yaml_uses(cfg.executor)
         # Constructing an Executor may load a model: keep it off the loop so signals still work.
-        executor = await loop.run_in_executor(None, load_executor, cfg.executor, cfg.runtime_args())
+        executor = await loop.run_in_executor(None, load_executor, executor_cfg, cfg.runtime_args())
         self.handler = RequestHandler(
-            executor, name=self.name, allow_concurrent=cfg.executor.allow_concurrent
+            executor,
+            name=self.name,
+            allow_concurrent=executor_cfg.allow_concurrent,
+            dynamic_batching=executor_cfg.uses_dynamic_batching,
         )
+        if cfg.executor.exit_on_exceptions:
+            self._watch_for_exit_exceptions(self.handler, cfg.executor.exit_on_exceptions)
         server = grpc.aio.server(
             options=server_options(cfg.max_message_size, reuse_port=cfg.public_port is not None)
         )
-        plait_pb2_grpc.add_PlaitServicer_to_server(PlaitServicer(self.handler), server)
+        processor = limited(self.handler, cfg.max_concurrent, cfg.max_queue)
+        plait_pb2_grpc.add_PlaitServicer_to_server(PlaitServicer(processor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for host, port in self._addresses():
             try:
@@ -159,10 +179,29 @@ class ExecutorServer:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _watch_for_exit_exceptions(self, handler: RequestHandler, names: tuple[str, ...]) -> None:
+        """``exit_on_exceptions``: a listed exception from an endpoint stops this replica (the
+        request still gets its ExecutorError: the drain lets in-flight calls finish)."""
+        loop = asyncio.get_running_loop()
+
+        def check(exc: BaseException) -> None:
+            listed = listed_exception(exc, names)
+            if listed is None or self.exit_reason is not None:
+                return
+            self.exit_reason = (
+                f"endpoint raised {type(exc).__module__}.{type(exc).__qualname__} ({listed!r} is in "
+                f"exit_on_exceptions): {exc}"
+            )
+            log.error("executor %r: %s; draining and exiting", self.name, self.exit_reason)
+            loop.call_soon_threadsafe(self._stop.set)
+
+        handler.on_endpoint_error = check
+
     async def stop(self) -> None:
         """Drain: refuse new work, give in-flight requests the grace period, close the Executor."""
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
+            await asyncio.sleep(min(DRAIN_NOTICE_S, self.config.grace_period))
             await self._server.stop(self.config.grace_period)
         if self.handler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.handler.close)
@@ -179,6 +218,23 @@ class ExecutorServer:
         )
 
 
+def listed_exception(exc: BaseException, names: tuple[str, ...]) -> str | None:
+    """The entry of ``names`` that ``exc``'s class or one of its bases matches, by name
+    (``'RuntimeError'``) or module-qualified name (``'mymodule.FatalError'``); None if none does."""
+    for cls in type(exc).__mro__:
+        for name in (cls.__name__, cls.__qualname__, f"{cls.__module__}.{cls.__qualname__}"):
+            if name in names:
+                return name
+    return None
+
+
 async def serve_replica(config: ReplicaConfig) -> None:
-    """Entry point of an executor process (``plait executor``)."""
-    await ExecutorServer(config).serve()
+    """Entry point of an executor process (``plait executor``).
+
+    Raises ExecutorError (the CLI exits with code 1) after draining when a listed exception
+    (``exit_on_exceptions``) stopped the replica.
+    """
+    server = ExecutorServer(config)
+    await server.serve()
+    if server.exit_reason is not None:
+        raise ExecutorError(f"executor {server.name!r} exits: {server.exit_reason}", executor=server.name)

@@ -31,7 +31,11 @@ def channel_target(addresses: Sequence[str]) -> tuple[str, list[tuple[str, Any]]
     for address in addresses:
         host, _, port = address.rpartition(":")
         resolved.append(f"{_ip_of(host.strip('[]'))}:{port}")
-    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    # Health checks take a replica out of rotation as soon as it reports NOT_SERVING (draining,
+    # say) and bring it back when it serves again.
+    config = json.dumps(
+        {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+    )
     return "ipv4:" + ",".join(resolved), [("grpc.service_config", config)]
 
 

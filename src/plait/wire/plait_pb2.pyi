@@ -39,7 +39,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EndpointInfo(_message.Message):
-    __slots__ = ("name", "input_schema", "output_schema", "streaming", "doc", "parameters_schema", "wants_docs_matrix")
+    __slots__ = ("name", "input_schema", "output_schema", "streaming", "doc", "parameters_schema", "wants_docs_matrix", "idempotent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class EndpointInfo(_message.Message):
     DOC_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     WANTS_DOCS_MATRIX_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_schema: str
     output_schema: str
@@ -54,7 +55,8 @@ class EndpointInfo(_message.Message):
     doc: str
     parameters_schema: str
     wants_docs_matrix: bool
-    def __init__(self, name: _Optional[str] = ..., input_schema: _Optional[str] = ..., output_schema: _Optional[str] = ..., streaming: _Optional[bool] = ..., doc: _Optional[str] = ..., parameters_schema: _Optional[str] = ..., wants_docs_matrix: _Optional[bool] = ...) -> None: ...
+    idempotent: bool
+    def __init__(self, name: _Optional[str] = ..., input_schema: _Optional[str] = ..., output_schema: _Optional[str] = ..., streaming: _Optional[bool] = ..., doc: _Optional[str] = ..., parameters_schema: _Optional[str] = ..., wants_docs_matrix: _Optional[bool] = ..., idempotent: _Optional[bool] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
     __slots__ = ("name", "kind", "version", "endpoints", "executor_class", "replica_id", "shard_id")

@@ -1,0 +1,72 @@
+"""Failover: when to send a failed call again, and doing so within the request's deadline.
+
+A call that failed with UNAVAILABLE is sent again (to the next ready replica: channels balance
+with round_robin and health checks) when it never reached an executor — the connection was
+refused or no replica was ready — or, whatever happened, when the endpoint is idempotent. A call
+that may have started work on a replica that then died is not repeated unless the endpoint says
+repeating it is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+R = TypeVar("R")
+
+DEFAULT_RETRIES = 3
+_NOT_STARTED = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "no ready",
+    "server is shutting down",
+)
+_BACKOFF_S = 0.02
+_BACKOFF_MAX_S = 0.5
+
+
+def never_started(err: grpc.RpcError) -> bool:
+    """True when the failed call cannot have run on any replica."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (err.details() or "").lower()
+    return any(marker in details for marker in _NOT_STARTED)
+
+
+def may_retry(err: grpc.RpcError, *, idempotent: bool) -> bool:
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return idempotent or never_started(err)
+
+
+async def with_retries(
+    invoke: Callable[[float | None], Awaitable[R]],
+    *,
+    timeout: float | None,
+    retries: int = DEFAULT_RETRIES,
+    idempotent: bool = False,
+) -> R:
+    """``await invoke(remaining_timeout)``, again after a retryable failure, up to ``retries`` times.
+
+    The deadline covers every attempt; the backoff between attempts is short (20 ms doubling to
+    0.5 s) because the next attempt goes to another replica.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempt = 0
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return await invoke(remaining)
+        except grpc.RpcError as err:
+            if attempt >= retries or not may_retry(err, idempotent=idempotent):
+                raise
+            pause = min(_BACKOFF_MAX_S, _BACKOFF_S * (2**attempt))
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                raise
+            attempt += 1
+            await asyncio.sleep(pause)

@@ -1,0 +1,60 @@
+"""Failover: a dead replica is taken out of rotation and calls go to the others; a call cut off
+mid-way is retried only when its endpoint is idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from executors import Text
+
+from plait import AsyncClient, Deployment, DocList, Flow
+from plait.errors import PlaitError, UnavailableError
+
+H = "127.0.0.1"
+
+
+async def _burst(port: int, endpoint: str, n: int, kill_pid: int) -> list[object]:
+    async with AsyncClient(H, port) as client:
+        await client.post(endpoint, Text(text="warm"), {"seconds": 0.01})
+
+        async def one(i: int) -> object:
+            try:
+                return (await client.post(endpoint, Text(text=str(i)), {"seconds": 0.6}, timeout=20)).text[0]
+            except PlaitError as e:
+                return e
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        await asyncio.sleep(0.25)  # every request is now running on one replica or the other
+        os.kill(kill_pid, signal.SIGKILL)
+        return list(await asyncio.gather(*tasks))
+
+
+def test_idempotent_calls_survive_a_replica_dying_under_them_and_others_fail_clearly() -> None:
+    flow = Flow(host=H, quiet=True, grace_period=1).add(name="r", uses="executors:Resilient", replicas=2)
+    with flow:
+        victims = [c for c in flow.children if c.label.startswith("r/")]
+        results = asyncio.run(_burst(flow.port, "/search", 8, victims[0].pid or 0))
+        assert all(isinstance(r, str) for r in results), results
+        survivor = str(victims[1].pid)
+        assert {r.split("@")[1] for r in results if isinstance(r, str)} <= {str(victims[0].pid), survivor}
+        # The second burst kills the survivor while /write (not idempotent) calls run on it.
+        results = asyncio.run(_burst(flow.port, "/write", 6, victims[1].pid or 0))
+        failures = [r for r in results if isinstance(r, PlaitError)]
+        assert failures, "calls running on the killed replica cannot have succeeded"
+        assert all(isinstance(f, UnavailableError) and "'r'" in str(f) for f in failures), failures
+
+
+def test_a_client_balancing_replicas_skips_a_dead_one() -> None:
+    with Deployment(
+        uses="executors:Echo", name="echo", replicas=3, host=H, quiet=True, grace_period=1
+    ) as dep:
+        dead = dep.children[0]
+        os.kill(dead.pid or 0, signal.SIGKILL)
+        dead.wait(5)
+        outputs = [dep.post("/whoami", Text()).text[0] for _ in range(30)]
+        assert all(not o.endswith(f":{dead.pid}") for o in outputs)
+        assert len({o.split(":")[1] for o in outputs}) >= 1
+        docs = DocList[Text]([Text(text=str(i)) for i in range(300)])
+        assert dep.post("/echo", docs, request_size=10).text == [str(i) for i in range(300)]
