@@ -94,7 +94,8 @@ def _json_option(text: str | None, what: str) -> dict[str, Any]:
 
 def _run_async(coro: Any) -> None:
     """The process's one event loop (uvloop when available)."""
-    from plait.client.loop_thread import new_event_loop
+    # Not via plait.client: an executor process has no use for the client stack (httpx, websockets).
+    from plait._loop import new_event_loop
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(coro)

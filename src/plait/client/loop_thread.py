@@ -7,15 +7,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from plait._loop import new_event_loop
+
 R = TypeVar("R")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class LoopThread:

@@ -48,5 +48,10 @@ def open_channel(addresses: Sequence[str], max_message_size: int | None = None) 
         ("grpc.max_send_message_length", limit),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.enable_retries", 0),
+        # gRPC's default reconnect backoff starts at 1 s: a gateway started alongside its executors
+        # (or a client of a replica being restarted) would idle that long after a refused attempt.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     return grpc.aio.insecure_channel(target, options=options)
