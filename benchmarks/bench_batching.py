@@ -26,7 +26,7 @@ from typing import Any
 from common import check, fmt, mark, median_tree, percentile, ratio
 
 from plait import AsyncClient, Deployment, DocList, Document, Executor, dynamic_batching, requests
-from plait.client.loop_thread import new_event_loop
+from plait._loop import new_event_loop
 
 BASE_MS = 5.0
 PER_DOC_MS = 0.05

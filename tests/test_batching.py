@@ -311,3 +311,15 @@ def test_deployment_batches_in_a_real_process() -> None:
 
     with Deployment(config=config, quiet=True) as dep:
         run(main(dep.port))
+
+
+def test_flow_add_takes_uses_dynamic_batching() -> None:
+    from plait import Flow
+
+    flow = Flow().add(
+        name="b", uses="executors:Echo", uses_dynamic_batching={"/echo": {"preferred_batch_size": 8}}
+    )
+    assert flow.config.executors[0].executor.uses_dynamic_batching == {"/echo": {"preferred_batch_size": 8}}
+    assert Flow(config=flow.config).to_dict()["executors"][0]["uses_dynamic_batching"] == {
+        "/echo": {"preferred_batch_size": 8}
+    }

@@ -9,6 +9,7 @@ the grace period.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from plait.config import GatewayConfig
@@ -34,6 +35,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         await self.router.discover(cfg.timeout_ready)
+        gc.freeze()  # start-up objects live as long as the process: keep full GCs short
         # One admission limit for the whole gateway, shared by every protocol it speaks.
         processor = limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue)
         for protocol, port in zip(cfg.protocols, cfg.ports, strict=True):

@@ -58,6 +58,7 @@ class Deployment(Orchestration):
         name: str | None = None,
         workspace: str | None = None,
         allow_concurrent: bool = False,
+        uses_dynamic_batching: Mapping[str, Mapping[str, Any]] | None = None,
         replicas: int = 1,
         shards: int = 1,
         port: int | None = None,
@@ -89,6 +90,7 @@ class Deployment(Orchestration):
                 name=name,
                 workspace=workspace,
                 allow_concurrent=allow_concurrent,
+                uses_dynamic_batching=uses_dynamic_batching,
             )
             if exit_on_exceptions:
                 executor = executor.model_copy(update={"exit_on_exceptions": tuple(exit_on_exceptions)})

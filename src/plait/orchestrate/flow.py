@@ -132,6 +132,7 @@ class Flow(Orchestration):
         py_modules: Sequence[str] = (),
         workspace: str | None = None,
         allow_concurrent: bool = False,
+        uses_dynamic_batching: Mapping[str, Mapping[str, Any]] | None = None,
         replicas: int = 1,
         shards: int = 1,
         polling: str | Mapping[str, str] = "ANY",
@@ -167,6 +168,7 @@ class Flow(Orchestration):
             name=node_name,
             workspace=workspace,
             allow_concurrent=allow_concurrent,
+            uses_dynamic_batching=uses_dynamic_batching,
         )
         if exit_on_exceptions:
             executor = executor.model_copy(update={"exit_on_exceptions": tuple(exit_on_exceptions)})
@@ -251,6 +253,7 @@ class Flow(Orchestration):
                 "py_modules": list(ex.py_modules),
                 "workspace": ex.workspace,
                 "allow_concurrent": ex.allow_concurrent or None,
+                "uses_dynamic_batching": ex.uses_dynamic_batching,
                 "exit_on_exceptions": list(ex.exit_on_exceptions),
                 "replicas": node.replicas if node.replicas != 1 else None,
                 "shards": node.shards if node.shards != 1 else None,

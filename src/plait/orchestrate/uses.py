@@ -21,6 +21,7 @@ def executor_config_for(
     name: str | None = None,
     workspace: str | None = None,
     allow_concurrent: bool = False,
+    uses_dynamic_batching: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ExecutorConfig:
     """The :class:`ExecutorConfig` for ``uses`` given as a class, ``'module:Class'`` or YAML path.
 
@@ -58,6 +59,7 @@ def executor_config_for(
         "py_modules": modules,
         "workspace": workspace,
         "allow_concurrent": allow_concurrent,
+        "uses_dynamic_batching": {k: dict(v) for k, v in (uses_dynamic_batching or {}).items()},
     }
     if name is not None:
         fields["name"] = name
