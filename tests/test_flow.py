@@ -121,7 +121,8 @@ def test_shards_scatter_and_reduce() -> None:
 
 
 def test_a_shard_that_is_down_gives_a_clear_error() -> None:
-    flow = Flow(host=H, quiet=True, grace_period=1).add(
+    # restarts=False: the shard stays down (the supervisor would otherwise bring it back).
+    flow = Flow(host=H, quiet=True, grace_period=1, restarts=False).add(
         name="indexer", uses="executors:ShardIndexer", shards=2, polling="ALL"
     )
     with flow:
