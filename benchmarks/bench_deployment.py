@@ -14,32 +14,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from typing import Any
 
 import numpy as np
-from common import DEFAULT_JINA_PYTHON, HERE, fmt, latency_ms, median_of, ratio, rss_mb, run_baseline
+from common import (
+    DEFAULT_JINA_PYTHON,
+    HERE,
+    bulk_docs_per_s,
+    fmt,
+    latency_ms,
+    median_of,
+    ratio,
+    rss_mb,
+    run_baseline,
+)
 from echo_executor import Emb, Small
 
 from plait import AsyncClient, Deployment, DocList
 
 BULK_REPEATS = 3
 METRICS = ("p50_ms", "p99_ms", "async_p50_ms", "bulk_small_docs_per_s", "bulk_embed_docs_per_s", "startup_s")
-
-
-def bulk_docs_per_s(
-    dep: Deployment, docs: DocList[Any], endpoint: str, request_size: int, repeats: int
-) -> float:
-    """Median docs/s over ``repeats`` posts of all ``docs`` (one post is ~0.1 s: too short alone)."""
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = dep.post(endpoint, docs, request_size=request_size)
-        rates.append(len(docs) / (time.perf_counter() - t0))
-        assert len(out) == len(docs)
-    return statistics.median(rates)
 
 
 async def async_latency(port: int, n: int) -> float:

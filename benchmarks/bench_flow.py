@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import numpy as np
 from common import (
     DEFAULT_JINA_PYTHON,
     HERE,
+    bulk_docs_per_s,
     check,
     established_to,
     fmt,
@@ -83,20 +83,6 @@ def make_flow(protocols: Sequence[str]) -> Flow:
         .add(name="echo1", uses="echo_executor:EchoExecutor")
         .add(name="echo2", uses="echo_executor:EchoExecutor")
     )
-
-
-def bulk_docs_per_s(
-    client: Client, docs: DocList[Any], endpoint: str, request_size: int, repeats: int
-) -> float:
-    """Median docs/s over ``repeats`` posts of all ``docs``."""
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = client.post(endpoint, docs, request_size=request_size)
-        rates.append(len(docs) / (time.perf_counter() - t0))
-        if len(out) != len(docs):
-            raise RuntimeError(f"bulk {endpoint}: sent {len(docs)} docs, got {len(out)} back")
-    return statistics.median(rates)
 
 
 async def concurrency_run(

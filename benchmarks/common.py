@@ -128,3 +128,20 @@ def check(value: float | None, limit: float, at_least: bool) -> bool | None:
 
 def mark(met: bool | None) -> str:
     return "—" if met is None else ("✔ met" if met else "✘ not met")
+
+
+def bulk_docs_per_s(
+    poster: Any, docs: Sequence[Any], endpoint: str, request_size: int, repeats: int
+) -> float:
+    """Median docs/s over ``repeats`` posts of all ``docs`` (one post is ~0.1 s: too short alone).
+
+    ``poster`` is anything with plait's ``post`` (a Client, a Deployment, a Flow).
+    """
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = poster.post(endpoint, docs, request_size=request_size)
+        rates.append(len(docs) / (time.perf_counter() - t0))
+        if len(out) != len(docs):
+            raise RuntimeError(f"bulk {endpoint}: sent {len(docs)} docs, got {len(out)} back")
+    return statistics.median(rates)
