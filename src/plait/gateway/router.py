@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from plait.errors import (
 from plait.executor import DEFAULT_ENDPOINT
 from plait.gateway.conditions import compile_condition, filter_rows
 from plait.gateway.reduce import merge_rows
+from plait.serve.handler import matches_target, parse_json_object
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
@@ -131,12 +131,7 @@ def _split_parameters(raw: bytes, names: Sequence[str]) -> Callable[[str], bytes
     """Per-executor parameters: ``{'encoder__k': 3}`` reaches only ``encoder`` (as ``k``)."""
     if not raw or b"__" not in raw:
         return lambda _name: raw  # the common case: nothing executor-specific, forward the bytes
-    try:
-        params = json.loads(raw)
-    except ValueError as e:
-        raise BadRequestError(f"parameters are not valid JSON: {e}") from e
-    if not isinstance(params, dict):
-        raise BadRequestError(f"parameters must be a JSON object, got {type(params).__name__}")
+    params = parse_json_object(raw, "parameters")
     common = {k: v for k, v in params.items() if "__" not in k or k == RESULTS_KEY}
     specific: dict[str, dict[str, Any]] = {name: {} for name in names}
     for key, value in params.items():
@@ -322,7 +317,7 @@ class Router:
                 encode_raw(filter_rows(decode_raw(payload.docs), node.condition)), payload.results
             )
         info = node.serves(request.endpoint)
-        if info is None or not _targets(request.target_executor, node.name):
+        if info is None or not matches_target(request.target_executor, node.name):
             return payload  # this executor does not take part: documents pass through
         forwarded = pb.Request(
             request_id=request.request_id,
@@ -387,15 +382,6 @@ class Router:
         params = json.loads(raw) if raw else {}
         params.setdefault(RESULTS_KEY, {}).update(results)
         return json.dumps(params).encode()
-
-
-def _targets(pattern: str, name: str) -> bool:
-    if not pattern:
-        return True
-    try:
-        return re.match(pattern, name) is not None
-    except re.error as e:
-        raise BadRequestError(f"target_executor {pattern!r} is not a valid regex: {e}") from e
 
 
 def _remaining(deadline: float | None, timeout_send: float | None, node: _Node) -> float | None:

@@ -30,7 +30,8 @@ from plait.wire import plait_pb2 as pb
 RESULTS_KEY = "__results__"
 
 
-def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` as a JSON object (empty bytes: ``{}``); BadRequestError naming ``what`` otherwise."""
     if not raw:
         return {}
     try:
@@ -40,6 +41,16 @@ def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequestError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def matches_target(pattern: str, name: str) -> bool:
+    """The ``target_executor`` rule: an empty pattern matches all; otherwise ``re.match`` on the name."""
+    if not pattern:
+        return True
+    try:
+        return re.match(pattern, name) is not None
+    except re.error as e:
+        raise BadRequestError(f"target_executor {pattern!r} is not a valid regex: {e}") from e
 
 
 class RequestHandler:
@@ -101,10 +112,7 @@ class RequestHandler:
         return spec
 
     def targets_me(self, pattern: str) -> bool:
-        try:
-            return not pattern or re.match(pattern, self.name) is not None
-        except re.error as e:
-            raise BadRequestError(f"target_executor {pattern!r} is not a valid regex: {e}") from e
+        return matches_target(pattern, self.name)
 
     # -- exit_on_exceptions: the server's hook, kept apart from the rest of the handler -------------
 
@@ -129,7 +137,7 @@ class RequestHandler:
     def _prepare(self, request: pb.Request) -> tuple[EndpointSpec, DocList[Any], Any]:
         """The endpoint, its decoded input docs and its parameters (raises PlaitError)."""
         spec = self.lookup(request.endpoint)
-        raw_params = _parse_json_object(request.parameters, "parameters")
+        raw_params = parse_json_object(request.parameters, "parameters")
         try:
             params = parse_parameters(spec, raw_params)
         except ValidationError as e:
@@ -182,7 +190,7 @@ class RequestHandler:
             out_docs = result
         elif isinstance(result, Mapping):
             out_docs = docs
-            merged = _parse_json_object(request.parameters, "parameters")
+            merged = parse_json_object(request.parameters, "parameters")
             merged.setdefault(RESULTS_KEY, {})[self.name] = dict(result)
             try:
                 params_out = json.dumps(merged).encode()
