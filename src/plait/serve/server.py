@@ -30,7 +30,7 @@ from plait.serve.handler import RequestHandler
 from plait.serve.lifecycle import run_until_stopped
 from plait.serve.limits import limited
 from plait.serve.processor import Processor
-from plait.wire import SERVICE_NAME, abort_with, plait_pb2_grpc
+from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
 
 log = logging.getLogger("plait.serve")
@@ -41,6 +41,9 @@ a call sent just as a replica stops is not lost (capped at ``grace_period``)."""
 
 STREAM_WINDOW = 64
 """Requests one ProcessStream call runs at once; further ones wait to be read (backpressure)."""
+
+
+_EMPTY = pb.Response()
 
 
 def _remaining(context: Any) -> float | None:
@@ -59,7 +62,8 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         try:
             return await self.handler.process(request, timeout=_remaining(context))
         except PlaitError as e:
-            await abort_with(context, e)
+            fail_with(context, e)
+            return _EMPTY
 
     async def Stream(self, request: pb.Request, context: Any) -> AsyncIterator[pb.Response]:
         try:

@@ -70,4 +70,5 @@ async def with_retries(
             if deadline is not None and time.monotonic() + pause >= deadline:
                 raise
             attempt += 1
-            await asyncio.sleep(pause)
+            if pause:  # the first retry goes at once, without a trip around the event loop
+                await asyncio.sleep(pause)

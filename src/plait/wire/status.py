@@ -17,6 +17,15 @@ def error_metadata(error: PlaitError) -> tuple[tuple[str, bytes], ...]:
     return ((ERROR_METADATA_KEY, json.dumps(error.to_details(), default=str).encode()),)
 
 
+def fail_with(context: Any, error: PlaitError) -> None:
+    """Set the status for ``error`` (details in trailing metadata) on a unary call, for the handler
+    to return instead of raising: cheaper than :func:`abort_with`, which unwinds through an
+    exception. grpc.aio discards a response returned with a non-OK status."""
+    context.set_code(error.grpc_code)
+    context.set_details(str(error.message))
+    context.set_trailing_metadata(error_metadata(error))
+
+
 async def abort_with(context: Any, error: PlaitError) -> NoReturn:
     """End the RPC with the status for ``error`` and its details in trailing metadata."""
     await context.abort(error.grpc_code, str(error.message), trailing_metadata=error_metadata(error))
