@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from executors import Text
 from plait import Client
 from plait.client.loop_thread import LoopThread
 from plait.config import ExecutorConfig, ServerOptions
+from plait.docs import decode_docs, encode_docs
 from plait.errors import EndpointNotFoundError
 from plait.executor.loader import load_executor
 from plait.gateway.http_server import HttpServer
@@ -303,3 +305,29 @@ def test_client_accepts_an_http_url(base: str) -> None:
     with Client(base) as client:
         assert client.protocol == "http"
         assert client.post("/echo", Text(text="via url")).text == ["via url"]
+
+
+def test_binary_protobuf_bodies(http: httpx.Client) -> None:
+    """plait's own client: a plait.v1.Request in, a plait.v1.Response out; errors stay JSON."""
+    binary = {"content-type": "application/x-protobuf"}
+    docs = encode_docs([Text(text="raw")])
+    request = pb.Request(request_id="bin-1", parameters=b'{"k": 2}', docs=docs)
+    r = http.post("/echo", content=request.SerializeToString(), headers=binary)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    reply = pb.Response.FromString(r.content)
+    assert reply.request_id == "bin-1" and json.loads(reply.parameters) == {"k": 2}
+    assert [d.text for d in decode_docs(reply.docs, Text)] == ["raw"]
+    # No request id: the server makes one.
+    r = http.post("/echo", content=pb.Request(docs=docs).SerializeToString(), headers=binary)
+    assert pb.Response.FromString(r.content).request_id
+    # Not a protobuf message: 400 naming the expected type.
+    r = http.post("/echo", content=b"\xff\xff\xff not protobuf", headers=binary)
+    assert r.status_code == 400 and "plait.v1.Request" in error_of(r)["message"]
+    # Docs that are not plait codec bytes: 400 from the executor, as JSON.
+    r = http.post("/echo", content=pb.Request(docs=b"\x00garbage").SerializeToString(), headers=binary)
+    assert r.status_code == 400 and error_of(r)["type"] in ("CodecError", "BadRequestError")
+    r = http.post("/nope", content=request.SerializeToString(), headers=binary)
+    assert r.status_code == 404 and error_of(r)["type"] == "EndpointNotFoundError"
+    # Over the size limit: 413, as for JSON.
+    big = pb.Request(docs=encode_docs([Text(text="x" * LIMIT)])).SerializeToString()
+    assert http.post("/echo", content=big, headers=binary).status_code == 413

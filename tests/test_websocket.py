@@ -17,12 +17,14 @@ from websockets.sync.client import ClientConnection, connect
 from plait import Client
 from plait.client.loop_thread import LoopThread
 from plait.config import ExecutorConfig, ServerOptions
+from plait.docs import decode_docs, encode_docs
 from plait.errors import UnavailableError
 from plait.executor.loader import load_executor
 from plait.gateway.protocols import ProtocolServer
 from plait.gateway.websocket_server import WebSocketServer
 from plait.orchestrate.process import free_port
 from plait.serve import RequestHandler
+from plait.wire import plait_pb2 as pb
 
 LIMIT = 64 * 1024
 IN_FLIGHT = 3
@@ -233,3 +235,37 @@ def test_client_accepts_a_ws_url(address: str) -> None:
     with Client(f"ws://{address}") as client:
         assert client.post("/echo", Text(text="via url")).text == ["via url"]
         assert client.is_ready()
+
+
+def test_binary_protobuf_frames(ws: ClientConnection) -> None:
+    """plait's own client: plait.v1.Request binary frames, answered with plait.v1.Response frames."""
+    docs = encode_docs([Text(text="bin")])
+
+    def call(request: pb.Request) -> pb.Response:
+        ws.send(request.SerializeToString())
+        reply = ws.recv(timeout=10)
+        assert isinstance(reply, bytes)
+        return pb.Response.FromString(reply)
+
+    reply = call(pb.Request(request_id="b1", endpoint="/echo", docs=docs, parameters=b'{"a": 1}'))
+    assert reply.request_id == "b1" and not reply.error
+    assert [d.text for d in decode_docs(reply.docs, Text)] == ["bin"]
+    assert json.loads(reply.parameters) == {"a": 1}
+    # Errors come back in the same kind of frame, with the request id.
+    reply = call(pb.Request(request_id="b2", endpoint="/nope", docs=docs))
+    assert reply.request_id == "b2" and json.loads(reply.error)["type"] == "EndpointNotFoundError"
+    reply = call(pb.Request(request_id="b3", endpoint="/echo", docs=b"\x00garbage"))
+    assert json.loads(reply.error)["type"] in ("CodecError", "BadRequestError")
+    # A frame the server cannot route answers as JSON (no request id to put on a binary reply).
+    ws.send(pb.Request(request_id="b4", docs=docs).SerializeToString())
+    frame = recv(ws)
+    assert frame["request_id"] == "b4" and "endpoint" in frame["error"]["message"]
+    ws.send(pb.Request(request_id="b5", endpoint="/echo", timeout=-1.0).SerializeToString())
+    assert "timeout" in recv(ws)["error"]["message"]
+    big = pb.Request(request_id="b6", endpoint="/echo", docs=encode_docs([Text(text="x" * LIMIT)]))
+    ws.send(big.SerializeToString())
+    assert recv(ws)["error"]["type"] == "PayloadTooLargeError"
+    # The connection still serves, in both kinds of frame.
+    assert call(pb.Request(request_id="b7", endpoint="/echo", docs=docs)).request_id == "b7"
+    send(ws, request_id="ok", endpoint="/echo", data=[{"text": "json"}])
+    assert recv(ws)["data"][0]["text"] == "json"

@@ -1,8 +1,10 @@
-"""HTTP transport: JSON over one pooled ``httpx.AsyncClient`` for the client's life.
+"""HTTP transport: keep-alive connections (:mod:`plait.client.http_wire`) for the client's life.
 
-Docs travel as JSON on this protocol: the codec bytes of a :class:`Call` become a JSON array
-(:func:`plait.docs.wire_to_json`), spliced into the request body as they are, and the reply's
-array becomes codec bytes again. Several addresses are balanced round-robin, one call each.
+Unary calls send a ``plait.v1.Request`` body (``Content-Type: application/x-protobuf``) and read a
+``plait.v1.Response``: the docs stay in the plait codec end to end, as on gRPC, and the gateway
+passes them on untouched. Streaming calls use the JSON body and read server-sent events (the codec
+bytes of a :class:`Call` become a JSON array, :func:`plait.docs.wire_to_json`). Errors come back
+as JSON either way. Several addresses are balanced round-robin, one call each.
 
 The helpers for probing (``GET /ready``), describing (``GET /describe``) and reading error
 bodies are shared with the WebSocket transport, whose servers answer the same HTTP routes.
@@ -10,14 +12,17 @@ bodies are shared with the WebSocket transport, whose servers answer the same HT
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import httpx
 import msgspec
+from google.protobuf.message import DecodeError
 
+from plait.client.http_wire import HttpConnectionError, HttpPool, HttpResponse
 from plait.client.transport import Call, EndpointDescription, Reply, ServiceDescription, Transport
 from plait.docs import encode_raw, wire_to_json
 from plait.errors import (
@@ -29,6 +34,9 @@ from plait.errors import (
     UnavailableError,
     error_from_details,
 )
+from plait.wire import plait_pb2 as pb
+
+PROTOBUF_TYPE = "application/x-protobuf"
 
 # -- shared with the WebSocket transport -------------------------------------------------------
 
@@ -58,44 +66,43 @@ def error_from_http(status: int, body: bytes, address: str) -> PlaitError:
     return cls(f"HTTP {status} from {address}" + (f": {text}" if text else ""), http_status=status)
 
 
-def transport_error(error: httpx.TransportError, address: str, timeout: float | None) -> PlaitError:
+def transport_error(error: HttpConnectionError, address: str) -> PlaitError:
     """A connection-level failure as a plait exception naming the server."""
-    if isinstance(error, httpx.TimeoutException):
-        return DeadlineExceededError(
-            f"no response from {address} within the timeout of {timeout}s", address=address, timeout=timeout
-        )
-    if isinstance(error, httpx.ConnectError):
+    if not error.connected:
         return UnavailableError(f"cannot reach the server at {address}: {error}", address=address)
-    return UnavailableError(
-        f"connection to the server at {address} failed: {type(error).__name__}: {error}", address=address
+    return UnavailableError(f"connection to the server at {address} failed: {error}", address=address)
+
+
+def deadline_error(address: str, timeout: float | None) -> DeadlineExceededError:
+    return DeadlineExceededError(
+        f"no response from {address} within the timeout of {timeout}s", address=address, timeout=timeout
     )
 
 
-def new_http_client() -> httpx.AsyncClient:
-    # No default timeout (each call brings its own); no proxies from the environment (library
-    # code reads no environment variables; a gateway on loopback must never go through a proxy).
-    return httpx.AsyncClient(
-        timeout=None,
-        trust_env=False,
-        verify=False,  # plain http:// only (no TLS yet): skip building an SSL context, ~50 ms each
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-    )
+async def http_get(pool: HttpPool, address: str, path: str, timeout: float | None) -> HttpResponse:
+    try:
+        async with asyncio.timeout(timeout):
+            return await pool.request("GET", address, path)
+    except TimeoutError:
+        raise deadline_error(address, timeout) from None
+    except HttpConnectionError as e:
+        raise transport_error(e, address) from None
 
 
-async def probe(client: httpx.AsyncClient, address: str, timeout: float | None) -> str:
+async def probe(pool: HttpPool, address: str, timeout: float | None) -> str:
     """``GET /ready``: 'SERVING', 'NOT_SERVING' or 'UNREACHABLE'."""
     try:
-        response = await client.get(f"http://{address}/ready", timeout=timeout)
-    except httpx.TransportError:
+        response = await http_get(pool, address, "/ready", timeout)
+    except (UnavailableError, DeadlineExceededError):
         return "UNREACHABLE"
-    return "SERVING" if response.status_code == 200 else "NOT_SERVING"
+    return "SERVING" if response.status == 200 else "NOT_SERVING"
 
 
-async def probe_any(client: httpx.AsyncClient, addresses: Sequence[str], timeout: float | None) -> str:
+async def probe_any(pool: HttpPool, addresses: Sequence[str], timeout: float | None) -> str:
     """SERVING when some address serves (the client balances over them), as gRPC's channel does."""
     seen = "UNREACHABLE"
     for address in addresses:
-        status = await probe(client, address, timeout)
+        status = await probe(pool, address, timeout)
         if status == "SERVING":
             return status
         if status == "NOT_SERVING":
@@ -103,17 +110,12 @@ async def probe_any(client: httpx.AsyncClient, addresses: Sequence[str], timeout
     return seen
 
 
-async def fetch_description(
-    client: httpx.AsyncClient, address: str, timeout: float | None
-) -> ServiceDescription:
+async def fetch_description(pool: HttpPool, address: str, timeout: float | None) -> ServiceDescription:
     """``GET /describe`` as a :class:`ServiceDescription`."""
-    try:
-        response = await client.get(f"http://{address}/describe", timeout=timeout)
-    except httpx.TransportError as e:
-        raise transport_error(e, address, timeout) from None
-    if response.status_code != 200:
-        raise error_from_http(response.status_code, response.content, address)
-    body = msgspec.json.decode(response.content)
+    response = await http_get(pool, address, "/describe", timeout)
+    if response.status != 200:
+        raise error_from_http(response.status, response.body, address)
+    body = msgspec.json.decode(response.body)
     endpoints = {
         name: EndpointDescription(
             name=name,
@@ -163,30 +165,30 @@ class HttpTransport(Transport):
 
     def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
         super().__init__(addresses, max_message_size=max_message_size)
-        self._client: httpx.AsyncClient | None = None
+        self._pool: HttpPool | None = None
         self._closed = False
         self._next = itertools.cycle(self.addresses).__next__
 
     async def open(self) -> None:
         if self._closed:
             raise ClientClosedError("this client is closed; create a new one")
-        if self._client is None:
-            self._client = new_http_client()
+        if self._pool is None:
+            self._pool = HttpPool()
 
     async def close(self) -> None:
         self._closed = True
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
 
-    async def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    async def _http(self) -> HttpPool:
+        if self._pool is None:
             await self.open()
-        assert self._client is not None
-        return self._client
+        assert self._pool is not None
+        return self._pool
 
     @staticmethod
-    def _body(call: Call) -> bytes:
+    def _json_body(call: Call) -> bytes:
         return b"".join(
             (
                 b'{"data":',
@@ -202,68 +204,90 @@ class HttpTransport(Transport):
         )
 
     @staticmethod
-    def _headers(timeout: float | None, accept: str) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": accept}
+    def _binary_body(call: Call) -> bytes:
+        request = pb.Request(
+            request_id=call.request_id,
+            target_executor=call.target_executor,
+            parameters=encode_parameters(call) if call.parameters else b"",
+            docs=call.docs,
+        )
+        data: bytes = request.SerializeToString()
+        return data
+
+    @staticmethod
+    def _headers(timeout: float | None, content_type: str, accept: str) -> Mapping[str, str]:
+        headers = {"content-type": content_type, "accept": accept}
         if timeout is not None:
             headers["x-plait-timeout"] = timeout_header(timeout)
         return headers
 
     async def call(self, call: Call, timeout: float | None = None) -> Reply:
-        client = await self._http()
+        pool = await self._http()
         address = self._next()
+        body = self._binary_body(call)
+        headers = self._headers(timeout, PROTOBUF_TYPE, PROTOBUF_TYPE)
         try:
-            response = await client.post(
-                f"http://{address}{call.endpoint}",
-                content=self._body(call),
-                headers=self._headers(timeout, "application/json"),
-                timeout=timeout,
-            )
-        except httpx.TransportError as e:
-            raise transport_error(e, address, timeout) from None
-        if response.status_code != 200:
-            raise error_from_http(response.status_code, response.content, address)
+            async with asyncio.timeout(timeout):
+                response = await pool.request("POST", address, call.endpoint, body=body, headers=headers)
+        except TimeoutError:
+            raise deadline_error(address, timeout) from None
+        except HttpConnectionError as e:
+            raise transport_error(e, address) from None
+        if response.status != 200:
+            raise error_from_http(response.status, response.body, address)
         try:
-            reply = _REPLY.decode(response.content)
-        except msgspec.MsgspecError as e:
+            reply = pb.Response.FromString(response.body)
+            parameters = json.loads(reply.parameters) if reply.parameters else {}
+        except (DecodeError, ValueError) as e:
             raise UnavailableError(f"malformed reply from {address}: {e}", address=address) from None
-        return Reply(reply.request_id or call.request_id, encode_raw(reply.data), reply.parameters)
+        return Reply(reply.request_id or call.request_id, reply.docs, parameters)
 
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
-        client = await self._http()
+        pool = await self._http()
         address = self._next()
-        request = client.build_request(
-            "POST",
-            f"http://{address}{call.endpoint}",
-            content=self._body(call),
-            headers=self._headers(timeout, "text/event-stream"),
-            timeout=timeout,
-        )
+        headers = self._headers(timeout, "application/json", "text/event-stream")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError as e:
-            raise transport_error(e, address, timeout) from None
+            # Only our own waits run under the deadline, never the caller's code between documents.
+            async with asyncio.timeout_at(deadline):
+                head, chunks = await pool.stream(
+                    "POST", address, call.endpoint, body=self._json_body(call), headers=headers
+                )
+                body = b"" if head.status == 200 and _is_sse(head) else b"".join([c async for c in chunks])
+        except TimeoutError:
+            raise deadline_error(address, timeout) from None
+        except HttpConnectionError as e:
+            raise transport_error(e, address) from None
+        if head.status != 200:
+            raise error_from_http(head.status, body, address)
         try:
-            if response.status_code != 200:
-                raise error_from_http(response.status_code, await response.aread(), address)
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                # A non-streaming endpoint answers once, with JSON.
-                reply = _REPLY.decode(await response.aread())
+            if not _is_sse(head):  # a non-streaming endpoint answers once, with JSON
+                reply = _REPLY.decode(body)
                 yield Reply(reply.request_id or call.request_id, encode_raw(reply.data), reply.parameters)
                 return
-            async for event, data in _events(response):
+            events = _events(chunks)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event, data = await anext(events)
+                except StopAsyncIteration:
+                    break
                 if event == "update":
                     yield Reply(call.request_id, encode_raw([_ONE_DOC.decode(data)]), {})
                 elif event == "end":
                     return
                 elif event == "error":
-                    raise error_from_http(500, data.encode(), address)
+                    raise error_from_http(500, data, address)
             raise UnavailableError(f"the stream from {address} ended without an end event", address=address)
-        except httpx.TransportError as e:
-            raise transport_error(e, address, timeout) from None
+        except TimeoutError:
+            raise deadline_error(address, timeout) from None
+        except HttpConnectionError as e:
+            raise transport_error(e, address) from None
         except msgspec.MsgspecError as e:
             raise UnavailableError(f"malformed reply from {address}: {e}", address=address) from None
         finally:
-            await response.aclose()
+            await chunks.aclose()
 
     async def health(self, timeout: float | None = None) -> str:
         return await probe_any(await self._http(), self.addresses, timeout)
@@ -272,18 +296,27 @@ class HttpTransport(Transport):
         return await fetch_description(await self._http(), self._next(), timeout)
 
 
-async def _events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+def _is_sse(head: HttpResponse) -> bool:
+    return head.headers.get("content-type", "").startswith("text/event-stream")
+
+
+async def _events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
     """``(event, data)`` pairs of a server-sent event stream."""
     event = "message"
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
-            event = line[6:].strip()
+    data: list[bytes] = []
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.removesuffix(b"\r")
+            if not line:
+                if data:
+                    yield event, b"\n".join(data)
+                event, data = "message", []
+            elif line.startswith(b"data:"):
+                data.append(line[5:].removeprefix(b" "))
+            elif line.startswith(b"event:"):
+                event = line[6:].strip().decode("utf-8", "replace")
     if data:
-        yield event, "\n".join(data)
+        yield event, b"\n".join(data)

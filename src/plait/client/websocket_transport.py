@@ -5,6 +5,10 @@ routes every frame by its ``request_id`` to the call waiting for it (a future) o
 stream consuming it (a queue). A dropped connection fails every pending request with
 :class:`UnavailableError`; the next call reconnects. Health and describe use plain HTTP on the
 same port (``GET /ready``, ``GET /describe``).
+
+Unary calls go out as binary frames holding a ``plait.v1.Request`` and come back as binary
+``plait.v1.Response`` frames (docs in the plait codec, untouched by the gateway); streaming calls
+and cancellations use the documented JSON text frames.
 """
 
 from __future__ import annotations
@@ -17,18 +21,13 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import httpx
 import msgspec
+from google.protobuf.message import DecodeError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from plait.client.http_transport import (
-    encode,
-    encode_parameters,
-    fetch_description,
-    new_http_client,
-    probe_any,
-)
+from plait.client.http_transport import encode, encode_parameters, fetch_description, probe_any
+from plait.client.http_wire import HttpPool
 from plait.client.transport import Call, Reply, ServiceDescription, Transport
 from plait.docs import encode_raw, wire_to_json
 from plait.errors import (
@@ -39,6 +38,7 @@ from plait.errors import (
     UnavailableError,
     error_from_details,
 )
+from plait.wire import plait_pb2 as pb
 
 log = logging.getLogger("plait.client")
 
@@ -54,7 +54,7 @@ class _Frame(msgspec.Struct):
 
 
 _FRAME = msgspec.json.Decoder(_Frame)
-_Pending = asyncio.Future[_Frame] | asyncio.Queue[_Frame | PlaitError]
+_Pending = asyncio.Future[_Frame | pb.Response] | asyncio.Queue[_Frame | PlaitError]
 
 
 def _request_frame(call: Call, request_id: str, timeout: float | None, stream: bool) -> bytes:
@@ -77,6 +77,26 @@ def _request_frame(call: Call, request_id: str, timeout: float | None, stream: b
             b"}",
         )
     )
+
+
+def _binary_frame(call: Call, request_id: str, timeout: float | None) -> bytes:
+    request = pb.Request(
+        request_id=request_id,
+        endpoint=call.endpoint,
+        parameters=encode_parameters(call) if call.parameters else b"",
+        target_executor=call.target_executor,
+        docs=call.docs,
+        timeout=timeout or 0.0,
+    )
+    data: bytes = request.SerializeToString()
+    return data
+
+
+def _binary_reply(response: pb.Response, request_id: str) -> Reply:
+    if response.error:
+        raise error_from_details(msgspec.json.decode(response.error))
+    parameters = msgspec.json.decode(response.parameters) if response.parameters else {}
+    return Reply(response.request_id or request_id, response.docs, parameters)
 
 
 def _reply(frame: _Frame, request_id: str) -> Reply:
@@ -135,9 +155,10 @@ class _Connection:
         self._fail_all(error)
 
     def _dispatch(self, message: str | bytes) -> None:
+        frame: _Frame | pb.Response
         try:
-            frame = _FRAME.decode(message)
-        except msgspec.MsgspecError as e:
+            frame = pb.Response.FromString(message) if isinstance(message, bytes) else _FRAME.decode(message)
+        except (msgspec.MsgspecError, DecodeError) as e:
             log.warning("WebSocket %s: ignoring a malformed frame: %s", self.address, e)
             return
         target = self.pending.get(frame.request_id or "")
@@ -147,7 +168,7 @@ class _Connection:
             del self.pending[frame.request_id or ""]
             if not target.done():
                 target.set_result(frame)
-        else:
+        elif isinstance(frame, _Frame):
             # Unbounded on purpose: the reader must never wait, or one slow stream consumer would
             # stall every request on this connection. A stream holds only what its caller asked for.
             target.put_nowait(frame)
@@ -174,10 +195,10 @@ class _Connection:
             else:
                 target.put_nowait(error)
 
-    async def send(self, payload: bytes) -> None:
+    async def send(self, payload: bytes, *, binary: bool = False) -> None:
         ws = await self.socket()
         try:
-            await ws.send(payload, text=True)
+            await ws.send(payload, text=not binary)
         except ConnectionClosed:
             raise self._closed_error(ws) from None
 
@@ -200,14 +221,14 @@ class WebSocketTransport(Transport):
         super().__init__(addresses, max_message_size=max_message_size)
         self._connections = [_Connection(a, max_message_size) for a in self.addresses]
         self._next = itertools.cycle(self._connections).__next__
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpPool | None = None
         self._closed = False
 
     async def open(self) -> None:
         if self._closed:
             raise ClientClosedError("this client is closed; create a new one")
         if self._http is None:
-            self._http = new_http_client()
+            self._http = HttpPool()
         for connection in self._connections:
             # Connecting now saves the first call a round trip; a server that is not up yet is not
             # an error here (health() must be able to say UNREACHABLE): the first call retries.
@@ -220,7 +241,7 @@ class WebSocketTransport(Transport):
             await connection.close()
         if self._http is not None:
             http, self._http = self._http, None
-            await http.aclose()
+            await http.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -230,17 +251,19 @@ class WebSocketTransport(Transport):
         self._check_open()
         connection = self._next()
         request_id = call.request_id or _new_id()
-        future: asyncio.Future[_Frame] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Frame | pb.Response] = asyncio.get_running_loop().create_future()
         connection.pending[request_id] = future
         try:
             async with asyncio.timeout(timeout):
-                await connection.send(_request_frame(call, request_id, timeout, stream=False))
+                await connection.send(_binary_frame(call, request_id, timeout), binary=True)
                 frame = await future
         except TimeoutError:
             raise _deadline(connection.address, timeout) from None
         finally:
             connection.pending.pop(request_id, None)
-        return _reply(frame, request_id)
+        if isinstance(frame, pb.Response):
+            return _binary_reply(frame, request_id)
+        return _reply(frame, request_id)  # refused before it was read (the server is draining, say)
 
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
         self._check_open()
@@ -276,10 +299,10 @@ class WebSocketTransport(Transport):
                 with contextlib.suppress(Exception):
                     await connection.send(msgspec.json.encode({"request_id": request_id, "cancel": True}))
 
-    async def _client(self) -> httpx.AsyncClient:
+    async def _client(self) -> HttpPool:
         self._check_open()
         if self._http is None:
-            self._http = new_http_client()
+            self._http = HttpPool()
         return self._http
 
     async def health(self, timeout: float | None = None) -> str:

@@ -21,11 +21,13 @@ from starlette.types import Message, Receive, Scope, Send
 from plait.config import ServerOptions
 from plait.errors import BadRequestError, DeadlineExceededError, PayloadTooLargeError, PlaitError
 from plait.gateway.http_messages import (
+    PROTOBUF_TYPE,
     docs_json,
     encode,
     error_json,
     internal_error,
     new_request_id,
+    parse_binary_request,
     parse_http_body,
     reply_json,
     to_request,
@@ -43,6 +45,8 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # tells nginx & co. not to hold events back
 ]
+_PROTOBUF = PROTOBUF_TYPE.encode()
+_PROTOBUF_HEADERS = [(b"content-type", _PROTOBUF)]
 _DOCS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -53,9 +57,10 @@ class _ClientGone(Exception):
 class _Headers:
     """The few request headers the endpoints read, found in one pass."""
 
-    __slots__ = ("content_length", "request_id", "timeout")
+    __slots__ = ("binary", "content_length", "request_id", "timeout")
 
     def __init__(self, scope: Scope) -> None:
+        self.binary = False
         self.content_length: int | None = None
         self.request_id: str | None = None
         self.timeout: float | None = None
@@ -66,6 +71,8 @@ class _Headers:
                 self.request_id = value.decode("latin-1")
             elif name == b"x-plait-timeout":
                 self.timeout = _parse_timeout(value)
+            elif name == b"content-type":
+                self.binary = value == _PROTOBUF
 
 
 def _parse_timeout(value: bytes) -> float:
@@ -81,9 +88,11 @@ def _parse_timeout(value: bytes) -> float:
     return timeout
 
 
-async def _respond(send: Send, status: int, body: bytes, error: PlaitError | None = None) -> None:
+async def _respond(
+    send: Send, status: int, body: bytes, error: PlaitError | None = None, *, binary: bool = False
+) -> None:
     # With a Content-Length the body goes out in one piece, not chunked.
-    headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))]
+    headers = [*(_PROTOBUF_HEADERS if binary else _JSON_HEADERS), (b"content-length", b"%d" % len(body))]
     retry_after = error.details.get("retry_after") if error is not None else None
     if retry_after is not None:  # a server at capacity (429) says when to come back
         headers.append((b"retry-after", b"%d" % max(1, round(float(retry_after)))))
@@ -117,34 +126,47 @@ class EndpointCalls:
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id: str | None = None
+        binary = False
         try:
             headers = _Headers(scope)
-            body = parse_http_body(await self._read_body(receive, headers.content_length))
-            header = body.header
-            request_id = (
-                body.request_id
-                or (header.request_id if header else None)
-                or headers.request_id
-                or new_request_id()
-            )
-            target = body.target_executor or (header.target_executor if header else None) or ""
             endpoint = scope["path"]
-            request = to_request(request_id, endpoint, body.data, body.parameters, target)
-            if endpoint in self.streaming:
-                await self._stream(request, headers.timeout, receive, send)
-                return
+            raw = await self._read_body(receive, headers.content_length)
+            if headers.binary and endpoint not in self.streaming:
+                # plait's own client: a plait.v1.Request, answered with a plait.v1.Response.
+                request = parse_binary_request(raw, endpoint)
+                binary = True
+            else:
+                body = parse_http_body(raw)
+                header = body.header
+                request_id = (
+                    body.request_id
+                    or (header.request_id if header else None)
+                    or headers.request_id
+                    or new_request_id()
+                )
+                target = body.target_executor or (header.target_executor if header else None) or ""
+                request = to_request(request_id, endpoint, body.data, body.parameters, target)
+                if endpoint in self.streaming:
+                    await self._stream(request, headers.timeout, receive, send)
+                    return
+            request_id = request.request_id
             response = await self._guard(
                 self.processor.process(request, timeout=headers.timeout), headers.timeout, receive
             )
-            status, payload, failure = 200, reply_json(request_id, response), None
+            if binary:
+                response.request_id = response.request_id or request_id
+                payload = response.SerializeToString()
+            else:
+                payload = reply_json(request_id, response)
+            status, failure = 200, None
         except PlaitError as e:
-            status, payload, failure = e.http_status, error_json(e), e
+            status, payload, failure, binary = e.http_status, error_json(e), e, False
         except _ClientGone:
             return
         except Exception:
             log.exception("HTTP %s: request %s failed", scope.get("path"), request_id)
-            status, payload, failure = 500, error_json(internal_error(request_id)), None
-        await _respond(send, status, payload, failure)
+            status, payload, failure, binary = 500, error_json(internal_error(request_id)), None, False
+        await _respond(send, status, payload, failure, binary=binary)
 
     async def get(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A streaming endpoint called with its one input document's fields as the query string."""

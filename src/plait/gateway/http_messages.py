@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import msgspec
+from google.protobuf.message import DecodeError
 
 from plait.docs import encode_raw, wire_to_json
 from plait.errors import BadRequestError, PlaitError
@@ -106,6 +107,24 @@ def request_id_of(raw: str | bytes) -> str | None:
     except msgspec.MsgspecError:
         return None
     return value if isinstance(value, str) else None
+
+
+PROTOBUF_TYPE = "application/x-protobuf"
+"""Content type of plait's binary bodies: a ``plait.v1.Request`` in, a ``plait.v1.Response`` out
+(docs in the plait codec, untouched by the gateway). plait's own HTTP client sends them; JSON
+stays for everyone else."""
+
+
+def parse_binary_request(body: bytes, endpoint: str) -> pb.Request:
+    """A ``plait.v1.Request`` from a binary body; the path names the endpoint."""
+    try:
+        request: pb.Request = pb.Request.FromString(body)
+    except DecodeError as e:
+        raise BadRequestError(f"body is not a plait.v1.Request ({PROTOBUF_TYPE}): {e}", field="$") from None
+    request.endpoint = endpoint
+    if not request.request_id:
+        request.request_id = new_request_id()
+    return request
 
 
 def new_request_id() -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+from google.protobuf.message import DecodeError
 from starlette.types import Receive, Send
 
 from plait.config import ServerOptions
@@ -62,9 +64,14 @@ class WsSession:
         """True while requests of this connection are running."""
         return bool(self._tasks)
 
-    async def _send(self, payload: bytes) -> None:
+    async def _send(self, payload: bytes, *, binary: bool = False) -> None:
+        message = (
+            {"type": "websocket.send", "bytes": payload}
+            if binary
+            else {"type": "websocket.send", "text": payload.decode()}
+        )
         try:
-            await self._send_asgi({"type": "websocket.send", "text": payload.decode()})
+            await self._send_asgi(message)
         except OSError as e:  # uvicorn's ClientDisconnected, or the socket itself
             raise _ClientGone from e
 
@@ -87,10 +94,19 @@ class WsSession:
                 if message["type"] == "websocket.disconnect":
                     return
                 try:
-                    frame = self._parse(message.get("text"), message.get("bytes"))
+                    text = message.get("text")
+                    frame = (
+                        self._parse(text) if text is not None else self._parse_binary(message.get("bytes"))
+                    )
                 except PlaitError as e:
                     window.release()
                     await self._send(error_json(e, e.details.pop("request_id", None), with_id=True))
+                    continue
+                if isinstance(frame, pb.Request):  # plait's own client: protobuf in and out
+                    task = asyncio.create_task(self._serve_binary(frame))
+                    self._tasks.add(task)
+                    self._by_id[frame.request_id] = task
+                    task.add_done_callback(finished)
                     continue
                 if frame.cancel:  # the client gave up on one of its requests: stop its work
                     window.release()
@@ -112,25 +128,51 @@ class WsSession:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _parse(self, text: str | None, data: bytes | None) -> WsFrame:
+    def _refuse_when_draining(self, request_id: str | None) -> None:
         if self.draining:
             raise UnavailableError(
                 "the server is shutting down and takes no new requests; retry (on another replica)",
-                request_id=request_id_of(text) if text is not None else None,
+                request_id=request_id,
             )
-        if text is None:
+
+    def _parse_binary(self, data: bytes | None) -> pb.Request:
+        """A binary frame: one ``plait.v1.Request`` (docs in the plait codec, passed on untouched)."""
+        data = data or b""
+        try:
+            request: pb.Request = pb.Request.FromString(data)
+        except DecodeError as e:
             raise BadRequestError(
-                f"binary frame ({len(data or b'')} bytes): send requests as JSON text frames",
+                f"binary frame of {len(data)} bytes is not a plait.v1.Request: {e}; "
+                "send JSON text frames, or protobuf-encoded plait.v1.Request binary frames",
                 request_id=None,
+            ) from None
+        self._refuse_when_draining(request.request_id or None)
+        if len(data) > self.options.max_request_bytes:
+            raise self._too_large(len(data), "bytes", request.request_id or None)
+        if not request.endpoint:
+            raise BadRequestError("a request needs an endpoint", request_id=request.request_id or None)
+        if not request.request_id:
+            request.request_id = new_request_id()
+        if request.timeout < 0 or math.isnan(request.timeout):
+            raise BadRequestError(
+                f"timeout must be a positive number of seconds, got {request.timeout}",
+                request_id=request.request_id,
             )
+        return request
+
+    def _too_large(self, size: int, unit: str, request_id: str | None) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"frame of {size} {unit} is over this server's limit of "
+            f"{self.options.max_request_bytes} bytes (max_request_bytes); send fewer documents "
+            "per request (request_size)",
+            request_id=request_id,
+            limit=self.options.max_request_bytes,
+        )
+
+    def _parse(self, text: str) -> WsFrame:
+        self._refuse_when_draining(request_id_of(text))
         if len(text) > self.options.max_request_bytes:
-            raise PayloadTooLargeError(
-                f"frame of {len(text)} characters is over this server's limit of "
-                f"{self.options.max_request_bytes} bytes (max_request_bytes); send fewer documents "
-                "per request (request_size)",
-                request_id=request_id_of(text),
-                limit=self.options.max_request_bytes,
-            )
+            raise self._too_large(len(text), "characters", request_id_of(text))
         try:
             frame = parse_ws_frame(text)
         except PlaitError as e:
@@ -154,32 +196,55 @@ class WsSession:
 
     async def _serve(self, frame: WsFrame) -> None:
         request_id = frame.request_id or new_request_id()
-        rid = encode(request_id)
-        error: PlaitError
-        try:
+
+        async def work() -> None:
             request = to_request(
                 request_id, frame.endpoint, frame.data, frame.parameters, frame.target_executor
             )
-            async with asyncio.timeout(frame.timeout):
-                if frame.stream:
-                    await self._relay(request, rid, frame.timeout)
-                else:
-                    response = await self.processor.process(request, timeout=frame.timeout)
-                    await self._send(reply_json(request_id, response))
-            return
+            if frame.stream:
+                await self._relay(request, encode(request_id), frame.timeout)
+            else:
+                response = await self.processor.process(request, timeout=frame.timeout)
+                await self._send(reply_json(request_id, response))
+
+        error = await self._run(work, frame.endpoint, request_id, frame.timeout)
+        if error is not None:
+            with contextlib.suppress(_ClientGone):
+                await self._send(error_json(error, request_id, with_id=True))
+
+    async def _serve_binary(self, request: pb.Request) -> None:
+        timeout = request.timeout or None
+
+        async def work() -> None:
+            response = await self.processor.process(request, timeout=timeout)
+            response.request_id = request.request_id
+            await self._send(response.SerializeToString(), binary=True)
+
+        error = await self._run(work, request.endpoint, request.request_id, timeout)
+        if error is not None:
+            reply = pb.Response(request_id=request.request_id, error=encode(error.to_details()))
+            with contextlib.suppress(_ClientGone):
+                await self._send(reply.SerializeToString(), binary=True)
+
+    async def _run(
+        self, work: Callable[[], Awaitable[None]], endpoint: str, request_id: str, timeout: float | None
+    ) -> PlaitError | None:
+        """Run one request's ``work`` under its timeout: the error to answer with, if any."""
+        try:
+            async with asyncio.timeout(timeout):
+                await work()
+            return None
         except _ClientGone:
-            return
+            return None
         except TimeoutError:
-            error = DeadlineExceededError(
-                f"no response within the request's timeout of {frame.timeout}s", timeout=frame.timeout
+            return DeadlineExceededError(
+                f"no response within the request's timeout of {timeout}s", timeout=timeout
             )
         except PlaitError as e:
-            error = e
+            return e
         except Exception:
-            log.exception("WebSocket %s: request %s failed", frame.endpoint, request_id)
-            error = internal_error(request_id)
-        with contextlib.suppress(_ClientGone):
-            await self._send(error_json(error, request_id, with_id=True))
+            log.exception("WebSocket %s: request %s failed", endpoint, request_id)
+            return internal_error(request_id)
 
     async def _relay(self, request: pb.Request, rid: bytes, timeout: float | None) -> None:
         responses: AsyncIterator[pb.Response] = self.processor.stream(request, timeout=timeout)

@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix")
+    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix", "timeout")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     DOCS_FIELD_NUMBER: _ClassVar[int]
     DOCS_MATRIX_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     parameters: bytes
     target_executor: str
     docs: bytes
     docs_matrix: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    timeout: float
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ..., timeout: _Optional[float] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("request_id", "docs", "parameters", "error")
