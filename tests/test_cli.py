@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 
+import pytest
 from conftest import plait_cmd, subprocess_env
 from executors import Text
 
@@ -126,3 +128,33 @@ def test_sigterm_lets_in_flight_requests_finish_on_a_real_process() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["executor", "--config", "{}"], ("executor", "{}", "INFO")),
+        (["gateway", "--config={}", "--log-level", "DEBUG"], ("gateway", "{}", "DEBUG")),
+        (["executor", "--uses", "m:C"], None),  # other flags: the full CLI
+        (["executor", "--config", "{}", "--help"], None),
+        (["executor"], None),
+        (["flow", "--config", "{}"], None),
+        ([], None),
+    ],
+)
+def test_process_commands_take_the_short_path(argv: list[str], expected: object) -> None:
+    """`plait executor|gateway --config X` skips the CLI framework; anything else goes to it."""
+    from plait._entry import process_command
+
+    assert process_command(argv) == expected
+
+
+def test_short_path_reports_a_bad_config_in_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "plait", "executor", "--config", '{"port": "x"}'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr

@@ -1,5 +1,5 @@
 """``python -m plait``: the same entry point as the ``plait`` command."""
 
-from plait.cli.main import main
+from plait._entry import main
 
 main()

@@ -12,8 +12,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from plait.config.models import ExecutorConfig
 from plait.errors import ConfigError
 
@@ -49,6 +47,8 @@ def load_yaml(source: str | os.PathLike[str], env: Mapping[str, str] | None = No
         text, name = path.read_text(encoding="utf-8"), str(path)
     else:
         text, name = str(source), "<yaml text>"
+    import yaml  # here, not at import: a process started from a JSON config never needs it
+
     try:
         data = yaml.safe_load(expand_env(text, env, source=name))
     except yaml.YAMLError as e:
@@ -123,4 +123,6 @@ def load_executor_yaml(source: str | os.PathLike[str], **overrides: Any) -> Exec
 
 def dump_yaml(data: Mapping[str, Any]) -> str:
     """YAML text for a mapping, keys in the order given."""
+    import yaml
+
     return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
