@@ -5,12 +5,9 @@ Heavy imports happen inside each command so ``plait --help`` and ``plait ping`` 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from plait._entry import load_config_arg, run_async, serve_process, setup_logging
 from plait._version import __version__
 
 app = typer.Typer(
@@ -44,15 +42,6 @@ def _root(
     ] = False,
 ) -> None:
     """plait: typed Documents, Executors, Deployments and Flows."""
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 def _fail(message: str) -> typer.Exit:
@@ -92,15 +81,6 @@ def _json_option(text: str | None, what: str) -> dict[str, Any]:
     return value
 
 
-def _run_async(coro: Any) -> None:
-    """The process's one event loop (uvloop when available)."""
-    # Not via plait.client: an executor process has no use for the client stack (httpx, websockets).
-    from plait._loop import new_event_loop
-
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(coro)
-
-
 @app.command()
 def executor(
     uses: Annotated[
@@ -133,10 +113,10 @@ def executor(
     from plait.config import ExecutorConfig, ReplicaConfig
     from plait.serve import serve_replica
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     with _clean_errors():
         if config:
-            replica = _load_config_arg(config, ReplicaConfig)
+            replica = load_config_arg(config, ReplicaConfig)
         else:
             if not uses:
                 raise _fail("pass --uses (or --config)")
@@ -152,7 +132,7 @@ def executor(
             if max_message_size:
                 extra["max_message_size"] = max_message_size
             replica = ReplicaConfig(executor=ExecutorConfig(**fields), host=host, port=port, **extra)
-        _run_async(serve_replica(replica))
+        run_async(serve_replica(replica))
 
 
 @app.command()
@@ -165,22 +145,11 @@ def deployment(
     """Serve a Deployment described in YAML until Ctrl-C or SIGTERM."""
     from plait.orchestrate import Deployment
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     with _clean_errors():
         _serve_blocking(
             Deployment.load_config(uses), lambda dep: f"deployment serving on {dep.host}:{dep.port}"
         )
-
-
-def _load_config_arg(config: str, model: Any) -> Any:
-    """A serialized config from ``--config``: JSON text, or a .json/.yml file (a ConfigMap, say)."""
-    from plait.config import load_yaml
-
-    if config.lstrip().startswith("{"):
-        return model.model_validate_json(config)
-    path = Path(config)
-    data = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
-    return model.model_validate(data)
 
 
 @app.command()
@@ -191,12 +160,10 @@ def gateway(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve a Flow's gateway (started by `plait flow`, Docker Compose or Kubernetes)."""
-    from plait.config import GatewayConfig
-    from plait.gateway.runtime import serve_gateway
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     with _clean_errors():
-        _run_async(serve_gateway(_load_config_arg(config, GatewayConfig)))
+        serve_process("gateway", config)
 
 
 @app.command()
@@ -213,7 +180,7 @@ def flow(
         )
         return f"flow serving on {where}"
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     with _clean_errors():
         _serve_blocking(Flow.load_config(uses), banner)
 
@@ -223,11 +190,26 @@ def ping(
     target: Annotated[str, typer.Argument(help="HOST:PORT of an executor or gateway.")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each attempt.")] = 3.0,
     attempts: Annotated[int, typer.Option(help="How many times to try before giving up.")] = 1,
+    tls: Annotated[bool, typer.Option(help="Connect with TLS (also: a grpcs:// target).")] = False,
+    ca_file: Annotated[str | None, typer.Option(help="PEM CA to trust instead of the system's.")] = None,
+    cert_file: Annotated[str | None, typer.Option(help="Client certificate (mutual TLS).")] = None,
+    key_file: Annotated[str | None, typer.Option(help="Key of --cert-file.")] = None,
+    server_name: Annotated[
+        str | None, typer.Option(help="Name to expect in the server's certificate (default: HOST).")
+    ] = None,
 ) -> None:
-    """Check that a plait server is up and SERVING; exit code 1 when it is not."""
+    """Check that a plait server is up and SERVING; exit code 1 when it is not. Health needs no
+    token; a server under mutual TLS (an executor) needs --ca-file, --cert-file and --key-file."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    tls = tls or target.startswith("grpcs://") or bool(ca_file or cert_file)
+    credentials = None
+    if tls:
+        from plait.security.tls import grpc_channel_credentials
+
+        with _clean_errors():
+            credentials = grpc_channel_credentials(ca_file, cert_file, key_file)
     address = target.split("://", 1)[-1]
     if ":" not in address:
         raise _fail(f"target {target!r} must be HOST:PORT")
@@ -235,7 +217,13 @@ def ping(
     for attempt in range(max(1, attempts)):
         if attempt:
             time.sleep(min(1.0, timeout))
-        with grpc.insecure_channel(address) as channel:
+        override = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = (
+            grpc.secure_channel(address, credentials, options=override)
+            if credentials
+            else grpc.insecure_channel(address)
+        )
+        with channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
@@ -248,6 +236,84 @@ def ping(
             return
     typer.secho(f"{address} is {status}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+export_app = typer.Typer(
+    name="export",
+    help="Write the Kubernetes objects or the Docker Compose file that run a Flow.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app)
+
+
+def _flow_for_export(source: Path) -> Any:
+    from plait.orchestrate import Flow
+
+    return Flow.load_config(source, quiet=True)
+
+
+@export_app.command("kubernetes")
+def export_kubernetes(
+    flow_yml: Annotated[Path, typer.Argument(help="Flow YAML.", exists=True, dir_okay=False)],
+    output_dir: Annotated[Path, typer.Argument(help="Folder for the YAML files (created if missing).")],
+    namespace: Annotated[
+        str | None, typer.Option(help="Namespace of every object (default: the Flow's name).")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="Image of executors that name no `image`.")] = None,
+    gateway_image: Annotated[str | None, typer.Option(help="Image of the gateway.")] = None,
+    gateway_replicas: Annotated[int, typer.Option(help="Gateway pods.")] = 1,
+    gateway_service_type: Annotated[
+        str, typer.Option(help="ClusterIP, NodePort or LoadBalancer: how the gateway is exposed.")
+    ] = "ClusterIP",
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--secret", help="A Secret whose keys every container gets as environment variables (repeatable)."
+        ),
+    ] = None,
+) -> None:
+    """Write the Kubernetes objects that run a Flow (apply with `kubectl apply -f OUTPUT_DIR`).
+
+    A Namespace; per executor shard a Deployment, a headless Service and a ConfigMap with its
+    config; the same for the gateway.
+    """
+    options: dict[str, Any] = {
+        "gateway_replicas": gateway_replicas,
+        "gateway_service_type": gateway_service_type,
+        "env_from_secrets": tuple(secret or ()),
+    }
+    options.update({k: v for k, v in (("image", image), ("gateway_image", gateway_image)) if v})
+    with _clean_errors():
+        flow = _flow_for_export(flow_yml)
+        paths = flow.to_kubernetes_yaml(output_dir, namespace, base_dir=flow_yml.resolve().parent, **options)
+    for path in paths:
+        typer.echo(str(path))
+
+
+@export_app.command("docker-compose")
+def export_docker_compose(
+    flow_yml: Annotated[Path, typer.Argument(help="Flow YAML.", exists=True, dir_okay=False)],
+    output_file: Annotated[Path, typer.Argument(help="Compose file to write.")] = Path("docker-compose.yml"),
+    network_name: Annotated[str, typer.Option(help="The bridge network every service joins.")] = "plait",
+    image: Annotated[str | None, typer.Option(help="Image of executors that name no `image`.")] = None,
+    gateway_image: Annotated[str | None, typer.Option(help="Image of the gateway.")] = None,
+    env_file: Annotated[
+        list[str] | None,
+        typer.Option("--env-file", help="A KEY=VALUE file every service reads (repeatable)."),
+    ] = None,
+) -> None:
+    """Write a Docker Compose file that runs a Flow (run with `docker compose -f OUTPUT_FILE up`).
+
+    One service per executor replica and shard, plus the gateway.
+    """
+    options: dict[str, Any] = {"env_files": tuple(env_file or ())}
+    options.update({k: v for k, v in (("image", image), ("gateway_image", gateway_image)) if v})
+    with _clean_errors():
+        flow = _flow_for_export(flow_yml)
+        path = flow.to_docker_compose_yaml(
+            output_file, network_name, base_dir=flow_yml.resolve().parent, **options
+        )
+    typer.echo(str(path))
 
 
 def main() -> None:

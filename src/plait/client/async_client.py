@@ -16,6 +16,7 @@ from plait.client.registry import transport_for
 from plait.client.transport import Call, ServiceDescription, Transport
 from plait.docs import AnyDoc, DocList, Document, decode_docs, encode_docs
 from plait.errors import ClientClosedError, ConfigError, PlaitError
+from plait.security.client import ClientSecurity
 
 T = TypeVar("T", bound=Document)
 DocInputs: TypeAlias = Document | Iterable[Document] | None
@@ -58,6 +59,26 @@ def parse_address(host: str | Sequence[str], port: int | None, protocol: str) ->
     if port is None:
         raise ConfigError(f"no port: pass port=... or host='{host}:PORT'")
     return protocol, [f"{host}:{port}"]
+
+
+_TLS_SCHEMES = {"grpcs": "grpc", "https": "http", "wss": "websocket"}
+TLS_PORT = 443
+
+
+def tls_address(
+    host: str | Sequence[str], port: int | None, tls: bool
+) -> tuple[str | Sequence[str], int | None, bool]:
+    """A ``grpcs://``, ``https://`` or ``wss://`` host means TLS (and the plain scheme); a TLS
+    address without a port gets 443."""
+    if not isinstance(host, str):
+        return host, port, tls
+    scheme, sep, rest = host.partition("://")
+    if sep and scheme in _TLS_SCHEMES:
+        host, tls = f"{_TLS_SCHEMES[scheme]}://{rest}", True
+    bare = host.partition("://")[2] or host
+    if tls and port is None and not bare.rpartition(":")[2].isdigit():
+        port = TLS_PORT
+    return host, port, tls
 
 
 def _batches(inputs: DocInputs, request_size: int) -> Iterator[Sequence[Document]]:
@@ -112,7 +133,19 @@ class AsyncClient:
         prefetch: int = DEFAULT_PREFETCH,
         max_message_size: int | None = None,
         timeout: float | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """``tls=True`` (or a ``grpcs://``, ``https://``, ``wss://`` host) connects with TLS,
+        trusting ``ca_file`` instead of the system's CAs when given; ``certfile``/``keyfile``
+        present a client certificate. ``token`` is sent as ``authorization: Bearer <token>`` on
+        every call and ``headers`` too (gRPC metadata, HTTP headers, the WebSocket handshake)."""
+        host, port, tls = tls_address(host, port, tls)
         protocol, addresses = parse_address(host, port, protocol.lower())
         self.protocol = protocol
         self.addresses = tuple(addresses)
@@ -120,7 +153,18 @@ class AsyncClient:
             raise ConfigError(f"prefetch must be >= 1, got {prefetch}")
         self.prefetch = prefetch
         self.timeout = timeout
-        self._transport: Transport = transport_for(protocol)(addresses, max_message_size=max_message_size)
+        security = ClientSecurity.from_options(
+            tls=tls,
+            ca_file=ca_file,
+            certfile=certfile,
+            keyfile=keyfile,
+            server_name=server_name,
+            token=token,
+            headers=headers,
+        )
+        self._transport: Transport = transport_for(protocol)(
+            addresses, max_message_size=max_message_size, security=security
+        )
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plait.client.transport import Call, EndpointDescription, Reply, ServiceDescription, Transport
 from plait.errors import ClientClosedError, PlaitError, UnavailableError
+from plait.security.client import ClientSecurity
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
@@ -26,8 +27,15 @@ def _loads(raw: bytes) -> dict[str, Any]:
 class GrpcTransport(Transport):
     scheme = "grpc"
 
-    def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
-        super().__init__(addresses, max_message_size=max_message_size)
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        max_message_size: int | None = None,
+        security: ClientSecurity | None = None,
+    ) -> None:
+        super().__init__(addresses, max_message_size=max_message_size, security=security)
+        self._metadata = self.security.metadata or None  # None: gRPC's fast path for no metadata
         self._channel: grpc.aio.Channel | None = None
         self._closed = False
 
@@ -36,7 +44,12 @@ class GrpcTransport(Transport):
             raise ClientClosedError("this client is closed; create a new one")
         if self._channel is not None:
             return
-        channel = open_channel(self.addresses, self.max_message_size)
+        channel = open_channel(
+            self.addresses,
+            self.max_message_size,
+            credentials=self.security.grpc_credentials(),
+            server_name=self.security.server_name,
+        )
         self._channel = channel
         self._process = channel.unary_unary(
             _METHOD + "Process",
@@ -86,14 +99,16 @@ class GrpcTransport(Transport):
         request = self._request(call)
         try:
             # A call that never reached a replica (refused, none ready) goes to the next one.
-            response = await with_retries(lambda left: self._process(request, timeout=left), timeout=timeout)
+            response = await with_retries(
+                lambda left: self._process(request, timeout=left, metadata=self._metadata), timeout=timeout
+            )
         except grpc.RpcError as e:
             raise self._error(e) from None
         return Reply(response.request_id, response.docs, _loads(response.parameters))
 
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
         await self.open()
-        rpc = self._stream(self._request(call), timeout=timeout)
+        rpc = self._stream(self._request(call), timeout=timeout, metadata=self._metadata)
         try:
             async for response in rpc:
                 yield Reply(response.request_id, response.docs, _loads(response.parameters))
@@ -113,7 +128,7 @@ class GrpcTransport(Transport):
     async def describe(self, timeout: float | None = None) -> ServiceDescription:
         await self.open()
         try:
-            reply = await self._describe(pb.DescribeRequest(), timeout=timeout)
+            reply = await self._describe(pb.DescribeRequest(), timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise self._error(e) from None
         endpoints = {

@@ -34,6 +34,7 @@ from plait.errors import (
     UnavailableError,
     error_from_details,
 )
+from plait.security.client import ClientSecurity
 from plait.wire import plait_pb2 as pb
 
 PROTOBUF_TYPE = "application/x-protobuf"
@@ -163,8 +164,14 @@ _ONE_DOC = msgspec.json.Decoder(dict[str, Any])
 class HttpTransport(Transport):
     scheme = "http"
 
-    def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
-        super().__init__(addresses, max_message_size=max_message_size)
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        max_message_size: int | None = None,
+        security: ClientSecurity | None = None,
+    ) -> None:
+        super().__init__(addresses, max_message_size=max_message_size, security=security)
         self._pool: HttpPool | None = None
         self._closed = False
         self._next = itertools.cycle(self.addresses).__next__
@@ -173,7 +180,7 @@ class HttpTransport(Transport):
         if self._closed:
             raise ClientClosedError("this client is closed; create a new one")
         if self._pool is None:
-            self._pool = HttpPool()
+            self._pool = HttpPool(ssl=self.security.ssl_context, headers=self.security.http_headers)
 
     async def close(self) -> None:
         self._closed = True

@@ -164,8 +164,12 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """Keep-alive connections to one or more ``host:port`` addresses."""
 
-    def __init__(self, *, ssl: _ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, ssl: _ssl.SSLContext | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.ssl = ssl
+        self.headers = dict(headers or {})
+        """Sent with every request (credentials: ``authorization``, custom auth headers)."""
         self._idle: dict[str, collections.deque[_Connection]] = {}
         self._busy: set[_Connection] = set()
         self._closed = False
@@ -250,6 +254,8 @@ class HttpPool:
     ) -> HttpResponse:
         """One request, its whole reply. Raises :class:`HttpConnectionError` (the caller adds its
         own timeout: a request cut short closes its connection)."""
+        if self.headers:
+            headers = {**self.headers, **(headers or {})}
         data = self._encode(method, address, path, headers, body)
         connection, response = await self._exchange(address, data, stream=False)
         self._release(address, connection)
@@ -268,6 +274,8 @@ class HttpPool:
 
         The connection goes back to the pool when the chunks have been read to the end, and is
         closed if they are not."""
+        if self.headers:
+            headers = {**self.headers, **(headers or {})}
         data = self._encode(method, address, path, headers, body)
         connection, head = await self._exchange(address, data, stream=True)
         return head, self._drain(address, connection)

@@ -37,9 +37,29 @@ class Client:
         prefetch: int = DEFAULT_PREFETCH,
         max_message_size: int | None = None,
         timeout: float | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """TLS and credentials as for :class:`AsyncClient` (``tls``, ``ca_file``, ``token``...)."""
         self._async = AsyncClient(
-            host, port, protocol, prefetch=prefetch, max_message_size=max_message_size, timeout=timeout
+            host,
+            port,
+            protocol,
+            prefetch=prefetch,
+            max_message_size=max_message_size,
+            timeout=timeout,
+            tls=tls,
+            ca_file=ca_file,
+            certfile=certfile,
+            keyfile=keyfile,
+            server_name=server_name,
+            token=token,
+            headers=headers,
         )
         self._loop = LoopThread()
 

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from plait.security.client import PLAIN, ClientSecurity
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -54,9 +56,17 @@ class Transport(abc.ABC):
 
     scheme: ClassVar[str]
 
-    def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        max_message_size: int | None = None,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.addresses = tuple(addresses)
         self.max_message_size = max_message_size
+        self.security = security or PLAIN
+        """TLS and credentials every connection and call of this transport uses."""
 
     @abc.abstractmethod
     async def open(self) -> None: ...

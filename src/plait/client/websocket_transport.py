@@ -24,9 +24,15 @@ from typing import Any
 import msgspec
 from google.protobuf.message import DecodeError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from plait.client.http_transport import encode, encode_parameters, fetch_description, probe_any
+from plait.client.http_transport import (
+    encode,
+    encode_parameters,
+    error_from_http,
+    fetch_description,
+    probe_any,
+)
 from plait.client.http_wire import HttpPool
 from plait.client.transport import Call, Reply, ServiceDescription, Transport
 from plait.docs import encode_raw, wire_to_json
@@ -38,6 +44,7 @@ from plait.errors import (
     UnavailableError,
     error_from_details,
 )
+from plait.security.client import PLAIN, ClientSecurity
 from plait.wire import plait_pb2 as pb
 
 log = logging.getLogger("plait.client")
@@ -108,9 +115,10 @@ def _reply(frame: _Frame, request_id: str) -> Reply:
 class _Connection:
     """One WebSocket to one server, with the reader task that dispatches its frames."""
 
-    def __init__(self, address: str, max_size: int | None) -> None:
+    def __init__(self, address: str, max_size: int | None, security: ClientSecurity = PLAIN) -> None:
         self.address = address
         self.max_size = max_size
+        self.security = security
         self.pending: dict[str, _Pending] = {}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -124,12 +132,17 @@ class _Connection:
             if self._ws is None:
                 try:
                     ws = await connect(
-                        f"ws://{self.address}/",
+                        f"{self.security.ws_scheme}://{self.address}/",
+                        ssl=self.security.ssl_context,
+                        additional_headers=self.security.metadata or None,
                         max_size=self.max_size,
                         compression=None,  # JSON of small docs: deflate costs more time than it saves
                         proxy=None,  # never through a proxy taken from the environment
                         open_timeout=10,
                     )
+                except InvalidStatus as e:  # refused at the handshake (401, 431...): say why
+                    body = bytes(e.response.body or b"")
+                    raise error_from_http(e.response.status_code, body, self.address) from None
                 except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
                     raise UnavailableError(
                         f"cannot open a WebSocket to {self.address}: {e}", address=self.address
@@ -217,9 +230,15 @@ class _Connection:
 class WebSocketTransport(Transport):
     scheme = "websocket"
 
-    def __init__(self, addresses: Sequence[str], *, max_message_size: int | None = None) -> None:
-        super().__init__(addresses, max_message_size=max_message_size)
-        self._connections = [_Connection(a, max_message_size) for a in self.addresses]
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        max_message_size: int | None = None,
+        security: ClientSecurity | None = None,
+    ) -> None:
+        super().__init__(addresses, max_message_size=max_message_size, security=security)
+        self._connections = [_Connection(a, max_message_size, self.security) for a in self.addresses]
         self._next = itertools.cycle(self._connections).__next__
         self._http: HttpPool | None = None
         self._closed = False
@@ -228,11 +247,11 @@ class WebSocketTransport(Transport):
         if self._closed:
             raise ClientClosedError("this client is closed; create a new one")
         if self._http is None:
-            self._http = HttpPool()
+            self._http = HttpPool(ssl=self.security.ssl_context, headers=self.security.http_headers)
         for connection in self._connections:
             # Connecting now saves the first call a round trip; a server that is not up yet is not
             # an error here (health() must be able to say UNREACHABLE): the first call retries.
-            with contextlib.suppress(UnavailableError):
+            with contextlib.suppress(PlaitError):  # unreachable, or refused (health needs no token)
                 await connection.socket()
 
     async def close(self) -> None:
@@ -302,7 +321,7 @@ class WebSocketTransport(Transport):
     async def _client(self) -> HttpPool:
         self._check_open()
         if self._http is None:
-            self._http = HttpPool()
+            self._http = HttpPool(ssl=self.security.ssl_context, headers=self.security.http_headers)
         return self._http
 
     async def health(self, timeout: float | None = None) -> str:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT = 64
@@ -83,6 +83,23 @@ class RuntimeArgs(FrozenModel):
     py_modules: tuple[str, ...] = ()
 
 
+class MutualTLS(FrozenModel):
+    """Mutual TLS between a gateway and its executors (see ``docs/security.md``).
+
+    Every process presents ``certfile`` and accepts only peers whose certificate ``ca_file``
+    signed: executors refuse callers without one, the gateway refuses executors without one.
+    The config holds paths; each process reads the files itself (a mounted Secret, in exports).
+    """
+
+    ca_file: str = Field(description="PEM CA certificate(s); a peer's certificate must be signed by one")
+    certfile: str = Field(description="PEM certificate (chain) this process presents")
+    keyfile: str = Field(description="PEM private key of certfile")
+    server_name: str | None = Field(
+        default=None,
+        description="name the gateway checks in executors' certificates; None: the host it dials",
+    )
+
+
 class ReplicaConfig(FrozenModel):
     """Everything one executor process needs: the serialized form passed to ``plait executor --config``."""
 
@@ -106,6 +123,20 @@ class ReplicaConfig(FrozenModel):
     )
     max_queue: int = Field(
         default=DEFAULT_MAX_QUEUE, ge=0, description="requests waiting for a slot, then refused"
+    )
+    internal_tls: MutualTLS | None = Field(
+        default=None, description="serve with mutual TLS: only callers whose certificate its CA signed"
+    )
+    max_connection_age: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds after which the server asks a client to reconnect (HTTP/2 GOAWAY), so "
+        "callers balancing over DNS pick up new replicas; None: connections live on (set by exports)",
+    )
+    max_connection_age_grace: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds calls already running on an aged connection may still take; None: no limit",
     )
 
     def runtime_args(self) -> RuntimeArgs:
@@ -166,6 +197,13 @@ class DeploymentConfig(FrozenModel):
     )
     max_concurrent: int | None = Field(default=DEFAULT_MAX_CONCURRENT, ge=1)
     max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0)
+    gateway_options: ServerOptions | None = Field(
+        default=None, description="options of the gateway in front, if any (TLS, auth, limits)"
+    )
+    internal_tls: MutualTLS | None = Field(default=None, description="mutual TLS to and between replicas")
+    ssl_ca_file: str | None = Field(
+        default=None, description="CA that signed gateway_options.ssl_certfile, trusted by `post`"
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -179,15 +217,24 @@ class DeploymentConfig(FrozenModel):
 
     @property
     def needs_gateway(self) -> bool:
-        """Shards (scatter/reduce) and HTTP/WebSocket are served through a gateway in front."""
-        return self.shards > 1 or self.protocol != ("grpc",)
+        """Shards (scatter/reduce), HTTP/WebSocket, TLS and auth are served through a gateway in front."""
+        secured = self.gateway_options is not None and (
+            self.gateway_options.tls or self.gateway_options.authenticates
+        )
+        return self.shards > 1 or self.protocol != ("grpc",) or secured
 
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_DOCS = 10_000
+"""Documents one request may carry at a gateway by default (``max_docs_per_request``)."""
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ServerOptions(FrozenModel):
     """Options every protocol server of a gateway shares (HTTP-only ones are ignored by gRPC)."""
+
+    # A token pasted where a file or variable name belongs must not be echoed by the error.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     title: str = "plait service"
     description: str = "A plait Flow: typed documents in, typed documents out."
@@ -199,6 +246,124 @@ class ServerOptions(FrozenModel):
     max_concurrent: int | None = Field(default=1024, ge=1, description="requests the gateway runs at once")
     max_queue: int = Field(default=4096, ge=0, description="requests waiting at the gateway, then refused")
     grace_period: float = Field(default=10.0, ge=0)
+    # Security (docs/security.md): TLS, authentication and limits on every protocol.
+    ssl_certfile: str | None = Field(
+        default=None, description="PEM certificate (chain) the gateway presents: TLS on every protocol"
+    )
+    ssl_keyfile: str | None = Field(default=None, description="PEM private key of ssl_certfile")
+    auth_token_file: str | None = Field(
+        default=None,
+        description="file holding the accepted bearer tokens, one per line; the config names the file, "
+        "never a token",
+    )
+    auth_token_env: str | None = Field(
+        default=None,
+        description="name of the environment variable holding the accepted bearer token(s), one per "
+        "line or comma-separated",
+    )
+    auth: str | None = Field(
+        default=None,
+        description="custom check, 'module:function' or 'path/file.py:function': called with an "
+        "AuthRequest, returns True to let the request in",
+    )
+    max_docs_per_request: int | None = Field(
+        default=DEFAULT_MAX_DOCS, ge=1, description="documents one request may carry; None: no limit"
+    )
+    max_connections: int | None = Field(
+        default=1024, ge=1, description="connections each protocol's port keeps open at once; None: no limit"
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="request line + headers (HTTP, WebSocket) or metadata (gRPC)"
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a connection gets for its TLS handshake and request headers"
+    )
+    idle_timeout: float = Field(
+        default=120.0, gt=0, description="seconds a connection with nothing in flight stays open"
+    )
+    request_timeout: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="seconds one request (a whole stream) may take; caps the client's timeout; None: "
+        "no limit",
+    )
+    max_connection_age: float | None = Field(
+        default=None,
+        gt=0,
+        description="gRPC: seconds after which a client is asked to reconnect (spreads clients over "
+        "gateway replicas); None: connections live on",
+    )
+    max_connection_age_grace: float | None = Field(
+        default=None, gt=0, description="gRPC: seconds running calls may take on an aged connection"
+    )
+
+    @field_validator("auth_token_env")
+    @classmethod
+    def _check_env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME_RE.match(v):
+            raise ValueError(
+                f"auth_token_env names an environment variable (like PLAIT_TOKENS); {len(v)} characters "
+                "that are not a variable name were given (never put a token itself in the config)"
+            )
+        return v
+
+    @field_validator("auth")
+    @classmethod
+    def _check_auth(cls, v: str | None) -> str | None:
+        if v is not None and not v.rpartition(":")[0]:
+            raise ValueError(f"auth={v!r}: write 'package.module:function' or 'path/file.py:function'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> ServerOptions:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the gateway serves TLS."""
+        return self.ssl_certfile is not None
+
+    @property
+    def authenticates(self) -> bool:
+        """True when requests must authenticate (tokens or a custom check)."""
+        return bool(self.auth_token_file or self.auth_token_env or self.auth)
+
+
+QUANTITY_RE = re.compile(r"^\+?(\d+\.?\d*|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+"""A Kubernetes resource quantity: a number, then a binary (Ki, Mi, Gi...) or decimal (m, k, M, G...)
+suffix or an exponent."""
+
+
+def _quantities(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping such as {{'cpu': '500m', 'memory': '1Gi'}}, got {value!r}")
+    out = {}
+    for name, quantity in value.items():
+        text = str(quantity)
+        if isinstance(quantity, bool) or not QUANTITY_RE.match(text):
+            raise ValueError(f"{name}: {quantity!r} is not a quantity ('500m', '2', '1.5', '512Mi', '1Gi')")
+        out[str(name)] = text
+    return out
+
+
+class Resources(FrozenModel):
+    """Compute resources of one exported container, in Kubernetes quantities.
+
+    Used by the Kubernetes and Docker Compose exports (``cpu`` and ``memory`` become Compose's
+    ``cpus`` and ``memory``); a local run ignores them.
+    """
+
+    requests: dict[str, str] = Field(
+        default_factory=dict, description="reserved for the container: {'cpu': '500m', 'memory': '1Gi'}"
+    )
+    limits: dict[str, str] = Field(default_factory=dict, description="the most the container may use")
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _check_quantities(cls, v: Any) -> dict[str, str]:
+        return _quantities(v)
 
 
 class FlowExecutorConfig(FrozenModel):
@@ -219,6 +384,20 @@ class FlowExecutorConfig(FrozenModel):
     timeout_send: float | None = Field(default=None, gt=0, description="seconds the gateway waits for it")
     max_concurrent: int | None = Field(default=DEFAULT_MAX_CONCURRENT, ge=1)
     max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0)
+    image: str | None = Field(
+        default=None,
+        description="container image that serves it in exports (Kubernetes, Compose); None: the "
+        "export's default image",
+    )
+    gpus: int = Field(
+        default=0,
+        ge=0,
+        description="GPUs per replica in exports (a `nvidia.com/gpu` limit on Kubernetes, a device "
+        "reservation in Compose); locally, env CUDA_VISIBLE_DEVICES='RR' places processes on GPUs",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="CPU and memory requests and limits per replica in exports"
+    )
 
     @property
     def name(self) -> str:
@@ -234,7 +413,10 @@ class GatewayExecutor(FrozenModel):
     """What the gateway knows of one executor node: where its shards are and how to route to it."""
 
     name: str
-    shards: tuple[tuple[str, ...], ...] = Field(description="per shard, the 'host:port' of each replica")
+    shards: tuple[tuple[str, ...], ...] = Field(
+        description="per shard, the 'host:port' of each replica, or one 'dns:///name:port' whose name "
+        "resolves to every replica (a Kubernetes headless Service)"
+    )
     polling: dict[str, str] = Field(default_factory=lambda: {"*": "ANY"})
     needs: tuple[str, ...] = ("gateway",)
     when: dict[str, Any] | None = None
@@ -253,6 +435,7 @@ class GatewayConfig(FrozenModel):
     executors: tuple[GatewayExecutor, ...]
     timeout_ready: float = Field(default=60.0, description="seconds to wait for every executor to answer")
     parent_pid: int | None = None
+    internal_tls: MutualTLS | None = Field(default=None, description="dial the executors with mutual TLS")
 
     @field_validator("protocols")
     @classmethod
@@ -271,8 +454,50 @@ class FlowConfig(FrozenModel):
     executors: tuple[FlowExecutorConfig, ...] = ()
     timeout_ready: float = 60.0
     env: dict[str, str] = Field(default_factory=dict, description="environment for every process of the Flow")
+    internal_tls: MutualTLS | None = Field(
+        default=None, description="mutual TLS between the gateway and the executors"
+    )
+    ssl_ca_file: str | None = Field(
+        default=None,
+        description="CA that signed options.ssl_certfile, trusted by the Flow's own client and readiness "
+        "probes; None: the certificate itself (self-signed)",
+    )
 
     @field_validator("protocols")
     @classmethod
     def _check_protocols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _validate_protocols(v)
+
+    def replica_config(
+        self, node: FlowExecutorConfig, *, shard_id: int, replica_id: int, **placement: Any
+    ) -> ReplicaConfig:
+        """The config of one of ``node``'s processes. ``placement`` (``port``, ``host``,
+        ``parent_pid``...) is what differs between a local run and an export; the rest is the
+        Flow's, so every way of running a Flow starts its processes with the same settings."""
+        settings: dict[str, Any] = {
+            "executor": node.executor,
+            "replicas": node.replicas,
+            "shards": node.shards,
+            "replica_id": replica_id,
+            "shard_id": shard_id,
+            "max_message_size": self.options.max_request_bytes,
+            "grace_period": self.options.grace_period,
+            "max_concurrent": node.max_concurrent,
+            "max_queue": node.max_queue,
+            "internal_tls": self.internal_tls,
+        }
+        return ReplicaConfig(**{**settings, **placement})
+
+    def gateway_config(self, executors: tuple[GatewayExecutor, ...], **placement: Any) -> GatewayConfig:
+        """The gateway's config, routing to ``executors``; ``placement`` needs ``ports`` and may set
+        ``host``, ``options``, ``parent_pid``."""
+        settings: dict[str, Any] = {
+            "name": "gateway",
+            "host": self.host,
+            "protocols": self.protocols,
+            "options": self.options,
+            "executors": executors,
+            "timeout_ready": self.timeout_ready,
+            "internal_tls": self.internal_tls,
+        }
+        return GatewayConfig(**{**settings, **placement})

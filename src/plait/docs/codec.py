@@ -118,6 +118,10 @@ def json_to_wire(data: bytes | str) -> bytes:
     except msgspec.DecodeError as exc:
         where = f" (byte {len(data.encode() if isinstance(data, str) else data)}, end of input)"
         raise CodecError(f"malformed JSON: {exc}{where if 'truncated' in str(exc) else ''}") from None
+    except UnicodeDecodeError as exc:  # bad UTF-8 inside a string: msgspec raises this, not DecodeError
+        raise CodecError(
+            f"malformed JSON: a string is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
     return _encode_rows(rows)
 
 

@@ -77,6 +77,12 @@ def _bad_json(what: str, raw: bytes | str, exc: msgspec.MsgspecError) -> BadRequ
     return BadRequestError(f"{what} is not valid JSON: {message}")
 
 
+def _bad_text(what: str, exc: UnicodeDecodeError) -> BadRequestError:
+    return BadRequestError(
+        f"{what} is not valid JSON: a string is not UTF-8 ({exc.reason} at byte {exc.start})"
+    )
+
+
 def _field_of(message: str) -> str:
     """``$.data[0]`` from msgspec's "Expected ... - at `$.data[0]`" (``$`` for the whole body)."""
     _, sep, where = message.rpartition(" - at `")
@@ -91,6 +97,8 @@ def parse_http_body(raw: bytes) -> HttpBody:
         return _HTTP_BODY.decode(raw)
     except msgspec.MsgspecError as exc:
         raise _bad_json("request body", raw, exc) from None
+    except UnicodeDecodeError as exc:  # msgspec's error for bad UTF-8 inside a string (found by fuzzing)
+        raise _bad_text("request body", exc) from None
 
 
 def parse_ws_frame(raw: str | bytes) -> WsFrame:
@@ -98,13 +106,15 @@ def parse_ws_frame(raw: str | bytes) -> WsFrame:
         return _WS_FRAME.decode(raw)
     except msgspec.MsgspecError as exc:
         raise _bad_json("frame", raw, exc) from None
+    except UnicodeDecodeError as exc:
+        raise _bad_text("frame", exc) from None
 
 
 def request_id_of(raw: str | bytes) -> str | None:
     """The ``request_id`` of a frame that failed to parse, if it has a usable one."""
     try:
         value = _ANY_ID.decode(raw).request_id
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeDecodeError):
         return None
     return value if isinstance(value, str) else None
 

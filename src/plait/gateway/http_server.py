@@ -107,7 +107,7 @@ class HttpServer(ProtocolServer):
 
     async def start(self) -> None:
         app = build_http_app(self.processor, self.options, lambda: self._serving)
-        await self._runner.start(app, self.host, self.port)
+        await self._runner.start(app, self.host, self.port, options=self.options)
         self.port = self._runner.port  # the port the OS chose when asked for port 0
 
     async def set_serving(self, serving: bool) -> None:

@@ -14,11 +14,14 @@ import logging
 import math
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from plait.config import ServerOptions
 from plait.errors import StartupError
+from plait.security.http_guard import secured_app, uvicorn_settings
 
 log = logging.getLogger("plait.gateway")
 
@@ -68,8 +71,16 @@ class UvicornRunner:
         *,
         websocket: bool = False,
         ws_max_size: int = 16 * 1024 * 1024,
+        options: ServerOptions | None = None,
     ) -> None:
-        """Bind, serve, and return once the socket accepts connections."""
+        """Bind, serve, and return once the socket accepts connections. With ``options``, the
+        app is served behind their TLS, authentication and limits (:mod:`plait.security`)."""
+        # The sans-I/O protocol writes each message in one call, so concurrent sends from
+        # several request tasks of one connection cannot interleave.
+        protocols: dict[str, Any] = {"http": "httptools", "ws": "websockets-sansio" if websocket else "none"}
+        if options is not None:  # the same protocols, guarded (plait.security.http_guard)
+            app = secured_app(app, options)
+            protocols.update(uvicorn_settings(options, websocket=websocket))
         sock = bind(host, port, self.label)
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(
@@ -77,10 +88,6 @@ class UvicornRunner:
             loop="none",
             lifespan="off",
             interface="asgi3",
-            http="httptools",
-            # The sans-I/O protocol writes each message in one call, so concurrent sends from
-            # several request tasks of one connection cannot interleave.
-            ws="websockets-sansio" if websocket else "none",
             ws_max_size=ws_max_size,
             ws_per_message_deflate=False,  # compression costs more latency than it saves on loopback/LAN
             access_log=False,
@@ -88,6 +95,7 @@ class UvicornRunner:
             log_level="warning",  # its start/stop lines repeat what the gateway logs itself
             proxy_headers=False,
             server_header=False,
+            **protocols,
         )
         server = _EmbeddedServer(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name=f"plait-{self.label}")

@@ -16,8 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from plait.config import ServerOptions
 from plait.errors import StartupError
+from plait.security.grpc_guard import add_port, grpc_interceptors, grpc_limit_options
 from plait.serve import PlaitServicer, Processor, server_options
-from plait.wire import SERVICE_NAME, plait_pb2_grpc
+from plait.serve.service import add_plait_servicer
+from plait.wire import SERVICE_NAME
 
 log = logging.getLogger("plait.gateway")
 
@@ -53,11 +55,20 @@ class GrpcServer(ProtocolServer):
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=server_options(self.options.max_request_bytes, reuse_port=False))
-        plait_pb2_grpc.add_PlaitServicer_to_server(PlaitServicer(self.processor), server)
+        options = server_options(
+            self.options.max_request_bytes,
+            reuse_port=False,
+            max_connection_age=self.options.max_connection_age,
+            max_connection_age_grace=self.options.max_connection_age_grace,
+        )
+        server = grpc.aio.server(
+            options=[*options, *grpc_limit_options(self.options)],
+            interceptors=grpc_interceptors(self.options),
+        )
+        add_plait_servicer(PlaitServicer(self.processor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            server.add_insecure_port(f"{self.host}:{self.port}")
+            add_port(server, f"{self.host}:{self.port}", self.options)
         except RuntimeError as e:
             raise StartupError(
                 f"gateway cannot bind gRPC on {self.host}:{self.port} (port in use?): {e}"

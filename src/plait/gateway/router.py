@@ -34,6 +34,7 @@ from plait.errors import (
 from plait.executor import DEFAULT_ENDPOINT
 from plait.gateway.conditions import compile_condition, filter_rows
 from plait.gateway.reduce import merge_rows
+from plait.security.tls import internal_channel_kwargs
 from plait.serve.handler import matches_target, parse_json_object
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
@@ -58,9 +59,9 @@ class _Payload:
 class _Shard:
     """One shard of an executor: a channel balancing over its replicas."""
 
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(self, addresses: Sequence[str], channel_kwargs: Mapping[str, Any] | None = None) -> None:
         self.addresses = tuple(addresses)
-        self.channel = open_channel(self.addresses)
+        self.channel = open_channel(self.addresses, **(channel_kwargs or {}))
         self.process = self.channel.unary_unary(
             _METHOD + "Process",
             request_serializer=pb.Request.SerializeToString,
@@ -81,11 +82,11 @@ class _Shard:
 class _Node:
     """One executor node at run time."""
 
-    def __init__(self, cfg: GatewayExecutor) -> None:
+    def __init__(self, cfg: GatewayExecutor, channel_kwargs: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.needs = cfg.needs or (START,)
-        self.shards = [_Shard(addresses) for addresses in cfg.shards]
+        self.shards = [_Shard(addresses, channel_kwargs) for addresses in cfg.shards]
         self.condition = compile_condition(cfg.when) if cfg.when else None
         self.description: pb.DescribeResponse | None = None
         self.endpoints: dict[str, pb.EndpointInfo] = {}
@@ -148,7 +149,8 @@ class Router:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.name = config.name
-        self._nodes = [_Node(cfg) for cfg in config.executors]
+        channel_kwargs = internal_channel_kwargs(config.internal_tls)  # mutual TLS, when configured
+        self._nodes = [_Node(cfg, channel_kwargs) for cfg in config.executors]
         self._order = _topological(self._nodes)
         needed = {need for node in self._nodes for need in node.needs}
         self._leaves = [node for node in self._order if node.name not in needed]

@@ -15,6 +15,8 @@ import logging
 from plait.config import GatewayConfig
 from plait.gateway.protocols import ProtocolServer, server_class
 from plait.gateway.router import Router
+from plait.security.checks import check_security
+from plait.security.limits import bounded
 from plait.serve.lifecycle import run_until_stopped
 from plait.serve.limits import limited
 
@@ -34,10 +36,14 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        check_security(cfg.options)  # unreadable certificates or tokens fail now, not per protocol
         await self.router.discover(cfg.timeout_ready)
         gc.freeze()  # start-up objects live as long as the process: keep full GCs short
-        # One admission limit for the whole gateway, shared by every protocol it speaks.
-        processor = limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue)
+        # One admission limit for the whole gateway, shared by every protocol it speaks; the
+        # request bounds (documents per request, time) come first, so refusals cost no slot.
+        processor = bounded(
+            limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue), cfg.options
+        )
         for protocol, port in zip(cfg.protocols, cfg.ports, strict=True):
             server = server_class(protocol)(processor, cfg.host, port, cfg.options)
             await server.start()

@@ -18,6 +18,7 @@ from plait.gateway.http_probes import add_probe_routes
 from plait.gateway.http_uvicorn import UvicornRunner
 from plait.gateway.protocols import ProtocolServer
 from plait.gateway.ws_session import WsSession
+from plait.security.limits import idle_closing
 from plait.serve import Processor
 
 _MIB = 1024 * 1024
@@ -42,7 +43,7 @@ class _Front:
         session.draining = self.draining
         self.sessions.add(session)
         try:
-            await session.run(receive)
+            await session.run(idle_closing(receive, send, lambda: session.busy, self.options.idle_timeout))
         finally:
             self.sessions.discard(session)
 
@@ -89,7 +90,12 @@ class WebSocketServer(ProtocolServer):
     async def start(self) -> None:
         self._app = build_websocket_app(self.processor, self.options, lambda: self._serving)
         await self._runner.start(
-            self._app, self.host, self.port, websocket=True, ws_max_size=frame_limit(self.options)
+            self._app,
+            self.host,
+            self.port,
+            websocket=True,
+            ws_max_size=frame_limit(self.options),
+            options=self.options,
         )
         self.port = self._runner.port
 

@@ -15,7 +15,9 @@ from plait.config import (
     DEFAULT_MAX_QUEUE,
     DeploymentConfig,
     FlowExecutorConfig,
+    MutualTLS,
     ReplicaConfig,
+    ServerOptions,
     load_yaml,
 )
 from plait.errors import ConfigError
@@ -25,8 +27,16 @@ from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting
 from plait.orchestrate.flow import Flow
 from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.security import (
+    SECURITY_OPTIONS,
+    client_kwargs,
+    executor_probe_security,
+    mutual_tls,
+    security_options,
+)
 from plait.orchestrate.supervisor import RestartPolicy, Supervisor, replace_child
 from plait.orchestrate.uses import executor_config_for
+from plait.security.auth import AuthCheck
 
 log = logging.getLogger("plait.orchestrate")
 
@@ -75,8 +85,18 @@ class Deployment(Orchestration):
         max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
         max_queue: int = DEFAULT_MAX_QUEUE,
         quiet: bool = False,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_ca_file: str | None = None,
+        auth_token_file: str | None = None,
+        auth_token_env: str | None = None,
+        auth: AuthCheck | str | None = None,
+        internal_tls: MutualTLS | Mapping[str, Any] | None = None,
         config: DeploymentConfig | None = None,
     ) -> None:
+        """TLS (``ssl_certfile``, ``ssl_keyfile``, ``ssl_ca_file``) and authentication
+        (``auth_token_file``, ``auth_token_env``, ``auth``) put a gateway in front, as in a Flow;
+        ``internal_tls`` serves the replicas with mutual TLS (see ``docs/security.md``)."""
         if config is None:
             if uses is None:
                 raise ConfigError(
@@ -94,6 +114,13 @@ class Deployment(Orchestration):
             )
             if exit_on_exceptions:
                 executor = executor.model_copy(update={"exit_on_exceptions": tuple(exit_on_exceptions)})
+            secured = security_options(
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+                auth_token_file=auth_token_file,
+                auth_token_env=auth_token_env,
+                auth=auth,
+            )
             try:
                 config = DeploymentConfig(
                     executor=executor,
@@ -109,6 +136,9 @@ class Deployment(Orchestration):
                     env=dict(env or {}),
                     max_concurrent=max_concurrent,
                     max_queue=max_queue,
+                    gateway_options=ServerOptions(**secured) if any(secured.values()) else None,
+                    internal_tls=mutual_tls(internal_tls),
+                    ssl_ca_file=ssl_ca_file,
                 )
             except ValueError as e:
                 raise ConfigError(f"Deployment: {e}") from e
@@ -191,9 +221,20 @@ class Deployment(Orchestration):
         name = cfg.executor.name
         children = []
         for replica, env in zip(self._replica_configs(port), envs, strict=True):
+            probe_security = executor_probe_security(cfg.internal_tls)
             if cfg.replicas == 1:
                 address = f"{connect_host(replica.host)}:{replica.port}"
-                children.append(ChildProcess(name, "executor", replica, address, env, quiet=self._quiet))
+                children.append(
+                    ChildProcess(
+                        name,
+                        "executor",
+                        replica,
+                        address,
+                        env,
+                        probe_security=probe_security,
+                        quiet=self._quiet,
+                    )
+                )
                 continue
             children.append(
                 ChildProcess(
@@ -203,6 +244,7 @@ class Deployment(Orchestration):
                     f"127.0.0.1:{replica.extra_ports[0]}",
                     env,
                     probe_address=f"127.0.0.1:{replica.port}",
+                    probe_security=probe_security,
                     quiet=self._quiet,
                 )
             )
@@ -219,6 +261,7 @@ class Deployment(Orchestration):
             "max_concurrent": cfg.max_concurrent,
             "max_queue": cfg.max_queue,
             "parent_pid": os.getpid(),
+            "internal_tls": cfg.internal_tls,
         }
         if cfg.replicas == 1:
             return [ReplicaConfig(host=cfg.host, port=port, **common)]
@@ -263,7 +306,9 @@ class Deployment(Orchestration):
         self._supervisor = Supervisor(f"deployment {name!r}", policy)
         self._supervisor.watch(self._children)
         self._supervisor.start()
-        self._client = Client(self.addresses, max_message_size=cfg.max_message_size)
+        security = executor_probe_security(cfg.internal_tls)  # mutual TLS: post as a peer would
+        extra = client_kwargs(security) if security is not None else {}
+        self._client = Client(self.addresses, max_message_size=cfg.max_message_size, **extra)
         log.info("deployment %r ready on %s:%d (%d replica(s))", name, cfg.host, port, cfg.replicas)
         return self
 
@@ -292,8 +337,18 @@ class Deployment(Orchestration):
             max_concurrent=cfg.max_concurrent,
             max_queue=cfg.max_queue,
         )
+        options = flow.config.options
+        if cfg.gateway_options is not None:
+            secured = {key: getattr(cfg.gateway_options, key) for key in SECURITY_OPTIONS}
+            options = options.model_copy(update=secured)
+        update = {
+            "executors": (node,),
+            "options": options,
+            "internal_tls": cfg.internal_tls,
+            "ssl_ca_file": cfg.ssl_ca_file,
+        }
         return Flow(
-            config=flow.config.model_copy(update={"executors": (node,)}),
+            config=flow.config.model_copy(update=update),
             quiet=self._quiet,
             restarts=self._restarts,
             devices=self._devices,
@@ -336,6 +391,7 @@ class Deployment(Orchestration):
                     old.address,
                     old.env,
                     probe_address=probe,
+                    probe_security=old.probe_security,
                     quiet=self._quiet,
                 )
                 replace_child(

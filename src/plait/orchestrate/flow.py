@@ -26,9 +26,10 @@ from plait.config import (
     DEFAULT_MAX_QUEUE,
     FlowConfig,
     FlowExecutorConfig,
-    GatewayConfig,
     GatewayExecutor,
+    MutualTLS,
     ReplicaConfig,
+    Resources,
     ServerOptions,
     dump_yaml,
     load_yaml,
@@ -36,17 +37,28 @@ from plait.config import (
 from plait.errors import ConfigError
 from plait.executor import Executor
 from plait.executor.loader import importing_user_code
+from plait.export import ComposeOptions, KubernetesOptions, write_compose, write_kubernetes
 from plait.gateway.conditions import compile_condition
 from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting, without_round_robin
 from plait.orchestrate.plot import PlotNode, to_mermaid, to_svg
 from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.security import (
+    SECURITY_OPTIONS,
+    executor_probe_security,
+    flow_client_kwargs,
+    gateway_client_security,
+    mutual_tls,
+    security_options,
+)
 from plait.orchestrate.supervisor import RestartPolicy, Supervisor, replace_child
 from plait.orchestrate.uses import executor_config_for
+from plait.security.auth import AuthCheck
 
 log = logging.getLogger("plait.orchestrate")
 
 START = "gateway"
+_SERVER = ServerOptions()  # the gateway's defaults, for Flow's keyword arguments
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...]:
@@ -77,10 +89,29 @@ class Flow(Orchestration):
         quiet: bool = False,
         restarts: bool | RestartPolicy = True,
         devices: Sequence[str] | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_ca_file: str | None = None,
+        auth_token_file: str | None = None,
+        auth_token_env: str | None = None,
+        auth: AuthCheck | str | None = None,
+        internal_tls: MutualTLS | Mapping[str, Any] | None = None,
+        max_docs_per_request: int | None = _SERVER.max_docs_per_request,
+        max_connections: int | None = _SERVER.max_connections,
+        max_header_bytes: int = _SERVER.max_header_bytes,
+        header_timeout: float = _SERVER.header_timeout,
+        idle_timeout: float = _SERVER.idle_timeout,
+        request_timeout: float | None = _SERVER.request_timeout,
         config: FlowConfig | None = None,
     ) -> None:
         """``restarts``: restart processes that die (a :class:`RestartPolicy` tunes the backoff).
-        ``devices``: the GPUs ``CUDA_VISIBLE_DEVICES=RR`` cycles over (default: detected)."""
+        ``devices``: the GPUs ``CUDA_VISIBLE_DEVICES=RR`` cycles over (default: detected).
+
+        Security (``docs/security.md``): ``ssl_certfile``/``ssl_keyfile`` serve TLS on every
+        protocol (``ssl_ca_file``: the CA ``flow.post`` trusts for it); ``auth_token_file`` or
+        ``auth_token_env`` name where the accepted bearer tokens are read, ``auth`` a custom check;
+        ``internal_tls`` turns on mutual TLS between the gateway and the executors; the ``max_*``
+        and ``*_timeout`` options are the gateway's limits."""
         if config is None:
             protocols = _as_tuple(protocol) or ("grpc",)
             ports = _as_tuple(port) or (None,) * len(protocols)
@@ -97,6 +128,21 @@ class Flow(Orchestration):
                 options["title"] = title
             if description is not None:
                 options["description"] = description
+            options.update(
+                security_options(
+                    ssl_certfile=ssl_certfile,
+                    ssl_keyfile=ssl_keyfile,
+                    auth_token_file=auth_token_file,
+                    auth_token_env=auth_token_env,
+                    auth=auth,
+                    max_docs_per_request=max_docs_per_request,
+                    max_connections=max_connections,
+                    max_header_bytes=max_header_bytes,
+                    header_timeout=header_timeout,
+                    idle_timeout=idle_timeout,
+                    request_timeout=request_timeout,
+                )
+            )
             try:
                 config = FlowConfig(
                     name=name,
@@ -106,6 +152,8 @@ class Flow(Orchestration):
                     options=ServerOptions(**options),
                     timeout_ready=timeout_ready,
                     env=dict(env or {}),
+                    internal_tls=mutual_tls(internal_tls),
+                    ssl_ca_file=ssl_ca_file,
                 )
             except ValueError as e:
                 raise ConfigError(f"Flow: {e}") from e
@@ -143,11 +191,16 @@ class Flow(Orchestration):
         exit_on_exceptions: Sequence[str] = (),
         max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        image: str | None = None,
+        gpus: int = 0,
+        resources: Resources | Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Flow:
         """A new Flow with one more executor. By default it follows the previously added one;
         ``needs='gateway'`` starts a parallel branch and ``needs=['a', 'b']`` joins branches.
         ``exit_on_exceptions=['RuntimeError', 'mymodule.FatalError']``: a replica whose endpoint
-        raises one of these answers with the error, then exits to be restarted."""
+        raises one of these answers with the error, then exits to be restarted.
+        ``image``, ``gpus`` and ``resources`` (``{'requests': {'cpu': '1'}, 'limits': {'memory':
+        '2Gi'}}``) apply to exports (``to_kubernetes_yaml``, ``to_docker_compose_yaml``)."""
         if uses is None:
             raise ConfigError("Flow.add needs `uses` (an Executor class, 'module:Class' or a YAML path)")
         existing = [e.name for e in self.config.executors]
@@ -184,6 +237,9 @@ class Flow(Orchestration):
                 timeout_send=timeout_send,
                 max_concurrent=max_concurrent,
                 max_queue=max_queue,
+                image=image,
+                gpus=gpus,
+                resources=resources or Resources(),
             )
         except ValueError as e:
             raise ConfigError(f"Flow.add({node_name!r}): {e}") from e
@@ -237,10 +293,14 @@ class Flow(Orchestration):
             "port": list(cfg.ports),
             "timeout_ready": cfg.timeout_ready,
         }
-        for key in ("cors", "title", "description", "max_request_bytes", "grace_period"):
+        for key in ("cors", "title", "description", "max_request_bytes", "grace_period", *SECURITY_OPTIONS):
             value = getattr(cfg.options, key)
             if value != getattr(defaults, key):
-                options[key] = value
+                options[key] = value  # file paths and variable names only: never a token
+        if cfg.internal_tls is not None:
+            options["internal_tls"] = cfg.internal_tls.model_dump(exclude_none=True)
+        if cfg.ssl_ca_file is not None:
+            options["ssl_ca_file"] = cfg.ssl_ca_file
         if cfg.env:
             options["env"] = dict(cfg.env)
         executors = []
@@ -268,6 +328,9 @@ class Flow(Orchestration):
                 if node.max_concurrent != DEFAULT_MAX_CONCURRENT
                 else None,
                 "max_queue": node.max_queue if node.max_queue != DEFAULT_MAX_QUEUE else None,
+                "image": node.image,
+                "gpus": node.gpus,
+                "resources": node.resources.model_dump(exclude_defaults=True),
             }
             entry.update({k: v for k, v in optional.items() if v})
             executors.append(entry)
@@ -276,6 +339,49 @@ class Flow(Orchestration):
     def save_config(self, path: str | os.PathLike[str]) -> None:
         """Write the Flow as YAML (``Flow.load_config(path)`` gives the same Flow back)."""
         Path(path).write_text(dump_yaml(self.to_dict()), encoding="utf-8")
+
+    # -- exporting -----------------------------------------------------------------------------
+
+    def to_kubernetes_yaml(
+        self,
+        output_base_path: str | os.PathLike[str],
+        namespace: str | None = None,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> list[Path]:
+        """Write the Kubernetes objects that run this Flow into the folder ``output_base_path``
+        (``00-namespace.yml``, ``gateway.yml``, one ``<executor>.yml`` each) and return the files;
+        ``kubectl apply -f <folder>`` runs it. ``namespace`` defaults to the Flow's name. Paths of
+        the Flow under ``base_dir`` (default: the current directory) become relative to the
+        image's working directory. More settings (``image=``, ``gateway_replicas=``,
+        ``env_from_secrets=``...): :class:`plait.export.KubernetesOptions`."""
+        settings = {"namespace": namespace, "base_dir": os.fspath(base_dir or os.getcwd()), **options}
+        try:
+            export_options = KubernetesOptions(**settings)
+        except ValueError as e:
+            raise ConfigError(f"to_kubernetes_yaml: {e}") from e
+        return write_kubernetes(self.config, output_base_path, export_options)
+
+    def to_docker_compose_yaml(
+        self,
+        output_path: str | os.PathLike[str] = "docker-compose.yml",
+        network_name: str | None = None,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> Path:
+        """Write a Compose file that runs this Flow (a service per executor replica and shard,
+        plus the gateway) and return its path; ``docker compose -f <file> up`` runs it. More
+        settings (``image=``, ``env_files=``...): :class:`plait.export.ComposeOptions`."""
+        settings: dict[str, Any] = {"base_dir": os.fspath(base_dir or os.getcwd()), **options}
+        if network_name is not None:
+            settings["network_name"] = network_name
+        try:
+            export_options = ComposeOptions(**settings)
+        except ValueError as e:
+            raise ConfigError(f"to_docker_compose_yaml: {e}") from e
+        return write_compose(self.config, output_path, export_options)
 
     # -- plotting ------------------------------------------------------------------------------
 
@@ -341,19 +447,13 @@ class Flow(Orchestration):
                     # The gateway dials `port`, which a replacement binds too (SO_REUSEPORT: it is
                     # the "public" port); readiness is probed on a port of the process's own.
                     port, own_port = free_port(), free_port()
-                    replica = ReplicaConfig(
-                        executor=node.executor,
+                    replica = cfg.replica_config(
+                        node,
+                        shard_id=shard_id,
+                        replica_id=replica_id,
                         port=own_port,
                         public_host="127.0.0.1",
                         public_port=port,
-                        replicas=node.replicas,
-                        shards=node.shards,
-                        replica_id=replica_id,
-                        shard_id=shard_id,
-                        max_message_size=cfg.options.max_request_bytes,
-                        grace_period=cfg.options.grace_period,
-                        max_concurrent=node.max_concurrent,
-                        max_queue=node.max_queue,
                         parent_pid=os.getpid(),
                     )
                     label = node.name
@@ -370,6 +470,7 @@ class Flow(Orchestration):
                             address,
                             envs[shard_id * node.replicas + replica_id],
                             probe_address=f"127.0.0.1:{own_port}",
+                            probe_security=executor_probe_security(cfg.internal_tls),
                             quiet=self._quiet,
                         )
                     )
@@ -398,26 +499,25 @@ class Flow(Orchestration):
                 "start it under `if __name__ == '__main__':`"
             )
         cfg = self.config
+        client_kwargs = flow_client_kwargs(cfg)  # reads the token now: a missing one fails early
         children, routes = self._executor_children()
         self._children = children
         try:
             gateway_host = connect_host(cfg.host)
             self._ports = tuple(p or free_port(gateway_host) for p in cfg.ports)
-            gateway_cfg = GatewayConfig(
-                name="gateway",
-                host=cfg.host,
-                protocols=cfg.protocols,
-                ports=self._ports,
-                options=cfg.options,
-                executors=tuple(routes),
-                timeout_ready=cfg.timeout_ready,
-                parent_pid=os.getpid(),
-            )
+            gateway_cfg = cfg.gateway_config(tuple(routes), ports=self._ports, parent_pid=os.getpid())
             address = f"{gateway_host}:{self._ports[0]}"
             probe = "grpc" if cfg.protocols[0] == "grpc" else "http"
             gateway_env = without_round_robin(cfg.env)
             gateway = ChildProcess(
-                "gateway", "gateway", gateway_cfg, address, gateway_env, probe=probe, quiet=self._quiet
+                "gateway",
+                "gateway",
+                gateway_cfg,
+                address,
+                gateway_env,
+                probe=probe,
+                probe_security=gateway_client_security(cfg.options, cfg.ssl_ca_file),
+                quiet=self._quiet,
             )
             self._gateway = gateway
             # Everything starts at once: the gateway keeps asking the executors for their endpoints
@@ -426,7 +526,10 @@ class Flow(Orchestration):
                 child.start()
             wait_ready([*children, gateway], cfg.timeout_ready)
             self._client = Client(
-                address, protocol=cfg.protocols[0], max_message_size=cfg.options.max_request_bytes
+                address,
+                protocol=cfg.protocols[0],
+                max_message_size=cfg.options.max_request_bytes,
+                **client_kwargs,
             )
         except BaseException:
             self.close()
@@ -471,6 +574,7 @@ class Flow(Orchestration):
                     old.address,
                     old.env,
                     probe_address=f"127.0.0.1:{config.port}",
+                    probe_security=old.probe_security,
                     quiet=self._quiet,
                 )
                 replace_child(

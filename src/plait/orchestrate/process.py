@@ -11,6 +11,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plait.config import FrozenModel
 from plait.errors import StartupError
+from plait.security.client import ClientSecurity
 
 LOG_TAIL_LINES = 40
 
@@ -70,6 +72,7 @@ class ChildProcess:
         *,
         probe: str = "grpc",
         probe_address: str | None = None,
+        probe_security: ClientSecurity | None = None,
         quiet: bool = False,
     ) -> None:
         self.label = label
@@ -78,6 +81,8 @@ class ChildProcess:
         self.address = address
         self.probe_address = probe_address or address
         self.probe = probe
+        self.probe_security = probe_security
+        """TLS (and client certificate) the readiness probe uses; None: in the clear."""
         self._env = env
         self._quiet = quiet
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
@@ -135,9 +140,10 @@ class ChildProcess:
 
     def is_serving(self, timeout: float = 0.5) -> bool:
         """Ready to serve: gRPC health says SERVING, or HTTP ``GET /ready`` answers 200."""
+        security = self.probe_security
         if self.probe != "grpc":
-            return _http_ready(self.probe_address, timeout)
-        with grpc.insecure_channel(self.probe_address) as channel:
+            return _http_ready(self.probe_address, timeout, security.ssl_context if security else None)
+        with _probe_channel(self.probe_address, security) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout
@@ -169,9 +175,21 @@ class ChildProcess:
         return True
 
 
-def _http_ready(address: str, timeout: float) -> bool:
+def _probe_channel(address: str, security: ClientSecurity | None) -> grpc.Channel:
+    credentials = security.grpc_credentials() if security is not None else None
+    if security is None or credentials is None:
+        return grpc.insecure_channel(address)
+    options = [("grpc.ssl_target_name_override", security.server_name)] if security.server_name else []
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def _http_ready(address: str, timeout: float, context: ssl.SSLContext | None = None) -> bool:
     host, _, port = address.rpartition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    connection = (
+        http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+        if context is not None
+        else http.client.HTTPConnection(host, int(port), timeout=timeout)
+    )
     try:
         connection.request("GET", "/ready")
         return connection.getresponse().status == 200

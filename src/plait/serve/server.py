@@ -26,10 +26,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from plait.config import ReplicaConfig
 from plait.errors import ExecutorError, PlaitError, StartupError
 from plait.executor.loader import expand_yaml_uses, load_executor
+from plait.security.tls import internal_server_credentials
 from plait.serve.handler import RequestHandler
 from plait.serve.lifecycle import run_until_stopped
 from plait.serve.limits import limited
 from plait.serve.processor import Processor
+from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
 
@@ -58,14 +60,20 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         self.handler = processor
         self._description = processor.describe()
 
-    async def Process(self, request: pb.Request, context: Any) -> pb.Response:
+    async def Process(self, request: pb.Request | MalformedMessage, context: Any) -> pb.Response:
+        if isinstance(request, MalformedMessage):
+            await abort_with(context, request.error)
         try:
             return await self.handler.process(request, timeout=_remaining(context))
         except PlaitError as e:
             fail_with(context, e)
             return _EMPTY
 
-    async def Stream(self, request: pb.Request, context: Any) -> AsyncIterator[pb.Response]:
+    async def Stream(
+        self, request: pb.Request | MalformedMessage, context: Any
+    ) -> AsyncIterator[pb.Response]:
+        if isinstance(request, MalformedMessage):
+            await abort_with(context, request.error)
         try:
             async for response in self.handler.stream(request, timeout=_remaining(context)):
                 yield response
@@ -73,7 +81,7 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
             await abort_with(context, e)
 
     async def ProcessStream(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.Response]:
-        queue: asyncio.Queue[pb.Response | None] = asyncio.Queue()
+        queue: asyncio.Queue[pb.Response | PlaitError | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def one(request: pb.Request) -> None:
@@ -90,6 +98,9 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
             try:
                 async with asyncio.TaskGroup() as tasks:
                     async for request in request_iterator:
+                        if isinstance(request, MalformedMessage):  # its id is unknown: end the call
+                            await queue.put(request.error)
+                            return
                         await window.acquire()
                         tasks.create_task(one(request))
             finally:
@@ -98,17 +109,29 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         reader = asyncio.create_task(read_all())
         try:
             while (item := await queue.get()) is not None:
+                if isinstance(item, PlaitError):
+                    await abort_with(context, item)
                 yield item
             await reader
         finally:
             reader.cancel()
 
-    async def Describe(self, request: pb.DescribeRequest, context: Any) -> pb.DescribeResponse:
+    async def Describe(
+        self, request: pb.DescribeRequest | MalformedMessage, context: Any
+    ) -> pb.DescribeResponse:
+        if isinstance(request, MalformedMessage):
+            await abort_with(context, request.error)
         return self._description
 
 
-def server_options(max_message_size: int, reuse_port: bool) -> list[tuple[str, Any]]:
-    return [
+def server_options(
+    max_message_size: int,
+    reuse_port: bool,
+    *,
+    max_connection_age: float | None = None,
+    max_connection_age_grace: float | None = None,
+) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_size),
         ("grpc.max_send_message_length", -1),
         # gRPC turns SO_REUSEPORT on by default, which hides "port already in use"; only replicas
@@ -118,6 +141,14 @@ def server_options(max_message_size: int, reuse_port: bool) -> list[tuple[str, A
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+    # A caller balancing over DNS (a gateway in front of a headless Service) resolves again when a
+    # connection closes: closing connections now and then (gRPC adds +-10% jitter) is how new
+    # replicas get traffic. Calls already running finish (within the grace, if one is set).
+    if max_connection_age is not None:
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age * 1000)))
+    if max_connection_age_grace is not None:
+        options.append(("grpc.max_connection_age_grace_ms", int(max_connection_age_grace * 1000)))
+    return options
 
 
 class ExecutorServer:
@@ -162,14 +193,24 @@ class ExecutorServer:
         # the cyclic GC's sight so full collections stay short (p99 with batching: 68 -> 28 ms).
         gc.freeze()
         server = grpc.aio.server(
-            options=server_options(cfg.max_message_size, reuse_port=cfg.public_port is not None)
+            options=server_options(
+                cfg.max_message_size,
+                reuse_port=cfg.public_port is not None,
+                max_connection_age=cfg.max_connection_age,
+                max_connection_age_grace=cfg.max_connection_age_grace,
+            )
         )
         processor = limited(self.handler, cfg.max_concurrent, cfg.max_queue)
-        plait_pb2_grpc.add_PlaitServicer_to_server(PlaitServicer(processor), server)
+        add_plait_servicer(PlaitServicer(processor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        credentials = internal_server_credentials(cfg.internal_tls) if cfg.internal_tls else None
         for host, port in self._addresses():
             try:
-                bound = server.add_insecure_port(f"{host}:{port}")
+                bound = (
+                    server.add_secure_port(f"{host}:{port}", credentials)
+                    if credentials is not None
+                    else server.add_insecure_port(f"{host}:{port}")
+                )
             except RuntimeError as e:
                 raise StartupError(
                     f"executor {self.name!r} cannot bind {host}:{port} (port in use?): {e}",

@@ -1,0 +1,335 @@
+"""Kubernetes export: the objects that run a Flow, as plain dicts (then YAML), from its config alone.
+
+Per executor shard: a ConfigMap with the serialized :class:`~plait.config.ReplicaConfig`, a
+Deployment running ``plait executor --config`` with ``replicas`` pods, and a **headless** Service
+(no cluster IP: its DNS name resolves to every ready pod). For the gateway: a ConfigMap with its
+:class:`~plait.config.GatewayConfig`, a Deployment and a Service. Plus the Namespace.
+
+The gateway dials each shard as ``dns:///<service>.<namespace>.svc:<port>`` with gRPC's
+client-side ``round_robin``, so each call goes to the next ready pod; a pod that drains or dies
+leaves the rotation at once (gRPC health checks). Servers close connections after
+``max_connection_age``; the gateway then resolves the name again and finds pods that came up in
+the meantime. No service mesh is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from plait.config import FlowConfig, FlowExecutorConfig
+from plait.errors import ConfigError
+from plait.export.common import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    CONFIG_PATH,
+    ENTRYPOINT,
+    WORKSPACE,
+    ShardGroup,
+    balanced_address,
+    config_hash,
+    config_json,
+    dns_label,
+    dump_documents,
+    gateway_config,
+    probe_port,
+    process_env,
+    replica_config,
+    shard_groups,
+    termination_grace,
+)
+from plait.export.options import KubernetesOptions
+
+NAMESPACE_FILE = "00-namespace.yml"
+"""Listed first, so ``kubectl apply -f <dir>`` creates the namespace before what lives in it."""
+GATEWAY_FILE = "gateway.yml"
+PROBE_PERIOD_S = 5
+_WAIT_FOREVER_PROBES = 720  # startup attempts when timeout_ready < 0: an hour at PROBE_PERIOD_S
+
+
+class _Context:
+    """What every object of one export needs: the namespace, the options, the Flow's labels."""
+
+    def __init__(self, flow: FlowConfig, options: KubernetesOptions) -> None:
+        self.flow = flow
+        self.options = options
+        self.part_of = dns_label(flow.name, what="Flow name")
+        self.namespace = dns_label(options.namespace or flow.name, what="namespace")
+        if options.namespace is not None and self.namespace != options.namespace:
+            raise ConfigError(
+                f"namespace {options.namespace!r} is not a DNS label (lowercase letters, digits and "
+                f"'-', starting with a letter); {self.namespace!r} would be"
+            )
+
+    def metadata(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"name": name, "namespace": self.namespace, "labels": labels}
+
+    def selector(self, name: str) -> dict[str, str]:
+        return {"app.kubernetes.io/part-of": self.part_of, "app.kubernetes.io/name": name}
+
+    def labels(self, name: str, component: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {
+            **self.selector(name),
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "plait",
+            **(extra or {}),
+        }
+
+    def address(self, group: ShardGroup) -> str:
+        return balanced_address(f"{group.name}.{self.namespace}.svc", self.options.executor_port)
+
+    def startup_attempts(self) -> int:
+        timeout = self.flow.timeout_ready
+        if timeout < 0:
+            return _WAIT_FOREVER_PROBES
+        return max(3, math.ceil(timeout / PROBE_PERIOD_S))
+
+
+def _probes(check: dict[str, Any], live_check: dict[str, Any], startup_attempts: int) -> dict[str, Any]:
+    """Startup (a slow model load is not a failure), readiness (a draining replica reports
+    NOT_SERVING and leaves the Service's endpoints) and liveness (a hung process is restarted)."""
+    return {
+        "startupProbe": {**check, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": startup_attempts},
+        "readinessProbe": {**check, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 2},
+        "livenessProbe": {**live_check, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+
+
+def _grpc_check(port: int) -> dict[str, Any]:
+    # Kubernetes' native gRPC probe asks the standard grpc.health.v1 service every server runs.
+    return {"grpc": {"port": port}}
+
+
+def _resources(node: FlowExecutorConfig, options: KubernetesOptions) -> dict[str, Any]:
+    requests = dict(node.resources.requests)
+    limits = dict(node.resources.limits)
+    if node.gpus:
+        limits[options.gpu_resource] = str(node.gpus)  # extended resources: request = limit
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _container(
+    ctx: _Context,
+    *,
+    name: str,
+    image: str,
+    command: str,
+    ports: list[dict[str, Any]],
+    env: dict[str, str],
+    probes: dict[str, Any],
+    resources: dict[str, Any],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        # Set here, not left to the image, so an executor image whose entry point runs something
+        # else (`plait executor --uses ...` on its own) runs the exported config all the same.
+        "command": [ENTRYPOINT],
+        "args": [command, "--config", CONFIG_PATH],
+        "ports": ports,
+    }
+    if ctx.options.image_pull_policy:
+        container["imagePullPolicy"] = ctx.options.image_pull_policy
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    if ctx.options.env_from_secrets:
+        # Credentials come from Secrets by reference; their values never appear in the export.
+        container["envFrom"] = [{"secretRef": {"name": s}} for s in ctx.options.env_from_secrets]
+    if resources:
+        container["resources"] = resources
+    container.update(probes)
+    container["volumeMounts"] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, *mounts]
+    container["securityContext"] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return container
+
+
+def _workload(
+    ctx: _Context,
+    *,
+    name: str,
+    labels: dict[str, str],
+    replicas: int,
+    config_text: str,
+    container: dict[str, Any],
+    grace_period: float,
+    volumes: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """A ConfigMap holding the process's config and the Deployment that runs it."""
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ctx.metadata(f"{name}-config", labels),
+        "data": {CONFIG_FILE: config_text},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.metadata(name, labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": ctx.selector(name)},
+            # One new pod at a time, and an old one goes only once a new one is ready.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                # A changed config changes the pod template, so `kubectl apply` rolls the pods.
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"plait/config-hash": config_hash(config_text)},
+                },
+                "spec": {
+                    # SIGTERM starts the drain (grace_period); SIGKILL comes only after it.
+                    "terminationGracePeriodSeconds": termination_grace(grace_period),
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": f"{name}-config"}}, *volumes],
+                },
+            },
+        },
+    }
+    return [config_map, deployment]
+
+
+def _service(
+    ctx: _Context, name: str, labels: dict[str, str], ports: list[dict[str, Any]], *, headless: bool
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": ctx.selector(name), "ports": ports}
+    if headless:
+        spec = {"clusterIP": "None", **spec}
+    elif ctx.options.gateway_service_type != "ClusterIP":
+        spec = {"type": ctx.options.gateway_service_type, **spec}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": ctx.metadata(name, labels), "spec": spec}
+
+
+def _executor_objects(ctx: _Context, group: ShardGroup) -> list[dict[str, Any]]:
+    node, options = group.node, ctx.options
+    port = options.executor_port
+    extra = {"plait/executor": dns_label(node.name, what="executor"), "plait/shard": str(group.shard_id)}
+    labels = ctx.labels(group.name, "executor", extra)
+    # Every pod of a shard runs the same config (replica_id 0): on Kubernetes replicas are
+    # interchangeable and the Deployment, not plait, counts them.
+    text = config_json(replica_config(ctx.flow, group, 0, options))
+    container = _container(
+        ctx,
+        name="executor",
+        image=node.image or options.image,
+        command="executor",
+        ports=[{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+        env=process_env(ctx.flow, node),
+        probes=_probes(_grpc_check(port), _grpc_check(port), ctx.startup_attempts()),
+        resources=_resources(node, options),
+        mounts=[{"name": "workspace", "mountPath": WORKSPACE}],
+    )
+    service_port = {
+        "name": "grpc",
+        "port": port,
+        "targetPort": port,
+        "protocol": "TCP",
+        "appProtocol": "grpc",
+    }
+    return [
+        *_workload(
+            ctx,
+            name=group.name,
+            labels=labels,
+            replicas=node.replicas,
+            config_text=text,
+            container=container,
+            grace_period=ctx.flow.options.grace_period,
+            # Scratch space that lives as long as the pod; mount a PersistentVolumeClaim here for
+            # state that must outlive it.
+            volumes=[{"name": "workspace", "emptyDir": {}}],
+        ),
+        _service(ctx, group.name, labels, [service_port], headless=True),
+    ]
+
+
+def _gateway_objects(ctx: _Context, groups: list[ShardGroup]) -> list[dict[str, Any]]:
+    addresses: dict[str, list[str]] = {}
+    for group in groups:
+        addresses.setdefault(group.node.name, []).append(ctx.address(group))
+    config = gateway_config(ctx.flow, addresses, ctx.options)
+    protocol, port = probe_port(config)
+    if protocol == "grpc":
+        probes = _probes(_grpc_check(port), _grpc_check(port), ctx.startup_attempts())
+    else:
+        ready = {"httpGet": {"path": "/ready", "port": port}}
+        probes = _probes(ready, {"httpGet": {"path": "/health", "port": port}}, ctx.startup_attempts())
+    ports = list(zip(config.protocols, config.ports, strict=True))
+    container = _container(
+        ctx,
+        name="gateway",
+        image=ctx.options.gateway_image,
+        command="gateway",
+        ports=[{"name": p, "containerPort": n, "protocol": "TCP"} for p, n in ports],
+        env=process_env(ctx.flow, None),
+        probes=probes,
+        resources={},
+        mounts=[],
+    )
+    labels = ctx.labels("gateway", "gateway")
+    service_ports = [
+        {
+            "name": p,
+            "port": n,
+            "targetPort": n,
+            "protocol": "TCP",
+            **({"appProtocol": "grpc"} if p == "grpc" else {}),
+        }
+        for p, n in ports
+    ]
+    return [
+        *_workload(
+            ctx,
+            name="gateway",
+            labels=labels,
+            replicas=ctx.options.gateway_replicas,
+            config_text=config_json(config),
+            container=container,
+            grace_period=config.options.grace_period,
+            volumes=[],
+        ),
+        _service(ctx, "gateway", labels, service_ports, headless=False),
+    ]
+
+
+def kubernetes_manifests(
+    flow: FlowConfig, options: KubernetesOptions | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The objects that run ``flow`` on Kubernetes, by file name: ``00-namespace.yml``,
+    ``gateway.yml`` and one ``<executor>.yml`` per executor (all of its shards)."""
+    ctx = _Context(flow, options or KubernetesOptions())
+    groups = shard_groups(flow)
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": ctx.namespace, "labels": {"app.kubernetes.io/part-of": ctx.part_of}},
+    }
+    files: dict[str, list[dict[str, Any]]] = {NAMESPACE_FILE: [namespace]}
+    for group in groups:
+        file = f"{dns_label(group.node.name, what='executor')}.yml"
+        files.setdefault(file, []).extend(_executor_objects(ctx, group))
+    files[GATEWAY_FILE] = _gateway_objects(ctx, groups)
+    return files
+
+
+def write_kubernetes(
+    flow: FlowConfig, output_dir: str | os.PathLike[str], options: KubernetesOptions | None = None
+) -> list[Path]:
+    """Write :func:`kubernetes_manifests` into ``output_dir`` (created if missing); return the files.
+    Apply them with ``kubectl apply -f <output_dir>``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, documents in kubernetes_manifests(flow, options).items():
+        path = out / name
+        path.write_text(dump_documents(documents), encoding="utf-8")
+        written.append(path)
+    return written

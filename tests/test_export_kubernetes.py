@@ -1,0 +1,271 @@
+"""Kubernetes export: every object validates offline against the Kubernetes schemas that
+kubernetes-validate ships, and the objects say what the Flow says."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+from typer.testing import CliRunner
+
+from plait import Flow
+from plait.cli.main import app
+from plait.config import GatewayConfig, ReplicaConfig
+from plait.errors import ConfigError
+from plait.export import KubernetesOptions, kubernetes_manifests
+from plait.export.common import dump_documents
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S_VERSION = latest_version()  # the newest schemas the installed package ships (offline)
+
+
+def rich_flow() -> Flow:
+    """Replicas, shards, a branch and a join, GPUs, resources, env, two protocols."""
+    return (
+        Flow(
+            name="Shop_Search",
+            protocol=["grpc", "http"],
+            port=[None, 9000],
+            grace_period=20,
+            env={"LOG_FORMAT": "json", "CUDA_VISIBLE_DEVICES": "RR"},
+        )
+        .add(
+            name="my_encoder",
+            uses="executors:Echo",
+            replicas=3,
+            gpus=1,
+            image="shop/encoder:1.2",
+            resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+            env={"PRICE": "$5"},
+        )
+        .add(name="indexer", uses="executors:ShardCounter", shards=2, replicas=2, polling={"/count": "ALL"})
+        .add(name="tagger", uses="executors:Tagger", needs="gateway", when={"tags__lang": {"$eq": "en"}})
+        .add(name="joiner", uses="executors:Joiner", needs=["indexer", "tagger"])
+    )
+
+
+def validate_all(files: dict[str, list[dict[str, Any]]]) -> int:
+    """Strict validation (unknown fields are errors) of every object; the number checked."""
+    count = 0
+    for name, documents in files.items():
+        for obj in documents:
+            try:
+                kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']}: {path}: {e.message}")
+            count += 1
+    return count
+
+
+def by_kind(files: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for docs in files.values() for o in docs if o["kind"] == kind}
+
+
+def config_of(files: dict[str, list[dict[str, Any]]], name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(by_kind(files, "ConfigMap")[f"{name}-config"]["data"]["config.json"])
+    return data
+
+
+def test_the_validator_is_not_vacuous() -> None:
+    files = kubernetes_manifests(rich_flow().config)
+    deployment = dict(by_kind(files, "Deployment")["indexer-0"])
+    deployment["spec"] = {**deployment["spec"], "replicaz": 2}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("source", ["rich", "search-example", "http-only"])
+def test_every_object_validates_against_the_kubernetes_schemas(source: str) -> None:
+    if source == "rich":
+        flow = rich_flow()
+    elif source == "search-example":
+        flow = Flow.load_config(ROOT / "examples/search/flow.yml")
+    else:
+        flow = Flow(protocol="http").add(name="echo", uses="executors:Echo")
+    files = kubernetes_manifests(flow.config, KubernetesOptions(env_from_secrets=("api-keys",)))
+    assert validate_all(files) >= 7
+    # Round trip: what was written is what a YAML reader gets back.
+    for documents in files.values():
+        assert list(yaml.safe_load_all(dump_documents(documents))) == documents
+
+
+def test_objects_per_shard_and_the_gateway() -> None:
+    flow = rich_flow()
+    files = kubernetes_manifests(flow.config)
+    assert sorted(files) == [
+        "00-namespace.yml",
+        "gateway.yml",
+        "indexer.yml",
+        "joiner.yml",
+        "my-encoder.yml",
+        "tagger.yml",
+    ]
+    namespace = files["00-namespace.yml"][0]
+    assert namespace["kind"] == "Namespace" and namespace["metadata"]["name"] == "shop-search"
+    deployments = by_kind(files, "Deployment")
+    services = by_kind(files, "Service")
+    shards = ["my-encoder", "indexer-0", "indexer-1", "tagger", "joiner"]
+    assert sorted(deployments) == sorted([*shards, "gateway"])
+    assert {d["metadata"]["namespace"] for d in deployments.values()} == {"shop-search"}
+    assert deployments["my-encoder"]["spec"]["replicas"] == 3
+    assert deployments["indexer-1"]["spec"]["replicas"] == 2
+    for name in shards:
+        service = services[name]["spec"]
+        assert service["clusterIP"] == "None", "executor Services are headless: DNS returns every pod"
+        assert service["selector"] == deployments[name]["spec"]["selector"]["matchLabels"]
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert service["selector"].items() <= labels.items()
+        assert service["ports"] == [
+            {"name": "grpc", "port": 8080, "targetPort": 8080, "protocol": "TCP", "appProtocol": "grpc"}
+        ]
+    assert "clusterIP" not in services["gateway"]["spec"]
+    assert [p["port"] for p in services["gateway"]["spec"]["ports"]] == [8080, 9000]
+
+
+def test_each_process_runs_plait_with_its_config_from_a_config_map() -> None:
+    files = kubernetes_manifests(rich_flow().config)
+    for name, deployment in by_kind(files, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        kind = "gateway" if name == "gateway" else "executor"
+        assert container["command"] == ["plait"]
+        assert container["args"] == [kind, "--config", "/etc/plait/config.json"]
+        mount = container["volumeMounts"][0]
+        assert mount == {"name": "config", "mountPath": "/etc/plait", "readOnly": True}
+        assert pod["volumes"][0] == {"name": "config", "configMap": {"name": f"{name}-config"}}
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    replica = ReplicaConfig.model_validate(config_of(files, "indexer-1"))
+    assert (replica.host, replica.port, replica.shard_id, replica.shards) == ("0.0.0.0", 8080, 1, 2)
+    assert replica.max_connection_age == 300.0
+    assert replica.executor.uses == "executors:ShardCounter"
+    assert replica.executor.workspace == "/workspace"
+    assert replica.parent_pid is None and replica.public_port is None
+
+
+def test_the_gateway_balances_each_shard_over_its_headless_service_dns_name() -> None:
+    files = kubernetes_manifests(rich_flow().config, KubernetesOptions(namespace="prod"))
+    gateway = GatewayConfig.model_validate(config_of(files, "gateway"))
+    routes = {e.name: e for e in gateway.executors}
+    assert routes["my_encoder"].shards == (("dns:///my-encoder.prod.svc:8080",),)
+    assert routes["indexer"].shards == (
+        ("dns:///indexer-0.prod.svc:8080",),
+        ("dns:///indexer-1.prod.svc:8080",),
+    )
+    assert routes["indexer"].polling == {"/count": "ALL", "*": "ANY"}
+    assert routes["joiner"].needs == ("indexer", "tagger")
+    assert routes["tagger"].when == {"tags__lang": {"$eq": "en"}}
+    assert gateway.host == "0.0.0.0" and gateway.ports == (8080, 9000)
+    assert gateway.protocols == ("grpc", "http")
+    assert gateway.options.max_connection_age == 300.0
+    assert gateway.options.grace_period == 20
+
+
+def test_probes_use_the_grpc_health_service_and_termination_waits_for_the_drain() -> None:
+    files = kubernetes_manifests(rich_flow().config)
+    for name, deployment in by_kind(files, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": 8080}, (name, probe)
+        assert (
+            container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 60
+        )
+        assert pod["terminationGracePeriodSeconds"] == math.ceil(20) + 5
+    http_only = kubernetes_manifests(Flow(protocol="http").add(uses="executors:Echo").config)
+    gateway = by_kind(http_only, "Deployment")["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
+
+
+def test_resources_gpus_env_and_secrets() -> None:
+    options = KubernetesOptions(
+        env_from_secrets=("api-keys",), image="shop/base:1", image_pull_policy="Always"
+    )
+    files = kubernetes_manifests(rich_flow().config, options)
+    deployments = by_kind(files, "Deployment")
+    encoder = deployments["my-encoder"]["spec"]["template"]["spec"]["containers"][0]
+    assert encoder["image"] == "shop/encoder:1.2"
+    assert encoder["imagePullPolicy"] == "Always"
+    assert encoder["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"},
+    }
+    # The Flow's env then the executor's; the local round-robin GPU rule is dropped (gpus= asks).
+    assert encoder["env"] == [{"name": "LOG_FORMAT", "value": "json"}, {"name": "PRICE", "value": "$5"}]
+    assert encoder["envFrom"] == [{"secretRef": {"name": "api-keys"}}]
+    indexer = deployments["indexer-0"]["spec"]["template"]["spec"]["containers"][0]
+    assert indexer["image"] == "shop/base:1"
+    assert "resources" not in indexer
+    gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["image"].startswith("plait:")
+    assert gateway["envFrom"] == [{"secretRef": {"name": "api-keys"}}]
+
+
+def test_a_changed_config_rolls_the_pods() -> None:
+    before = by_kind(kubernetes_manifests(rich_flow().config), "Deployment")
+    changed = rich_flow().add(name="extra", uses="executors:Echo")
+    after = by_kind(kubernetes_manifests(changed.config), "Deployment")
+
+    def digest(objects: dict[str, Any], name: str) -> str:
+        return str(objects[name]["spec"]["template"]["metadata"]["annotations"]["plait/config-hash"])
+
+    assert digest(before, "indexer-0") == digest(after, "indexer-0")
+    assert digest(before, "gateway") != digest(after, "gateway")
+    strategy = after["gateway"]["spec"]["strategy"]
+    assert strategy["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_paths_become_relative_to_the_image_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "executors.py").write_text("")
+    (tmp_path / "enc.yml").write_text("jtype: Echo\n")
+    flow = Flow().add(name="enc", uses=str(tmp_path / "enc.yml"), py_modules=[str(tmp_path / "executors.py")])
+    files = kubernetes_manifests(flow.config, KubernetesOptions(base_dir=str(tmp_path)))
+    executor = config_of(files, "enc")["executor"]
+    assert executor["uses"] == "enc.yml" and executor["py_modules"] == ["executors.py"]
+
+
+def test_names_are_made_dns_safe_and_clashes_are_refused() -> None:
+    flow = Flow().add(name="_My_Enc", uses="executors:Echo")
+    assert "my-enc" in by_kind(kubernetes_manifests(flow.config), "Deployment")
+    clash = Flow().add(name="a_b", uses="executors:Echo").add(name="a-b", uses="executors:Echo")
+    with pytest.raises(ConfigError, match="'a-b'"):
+        kubernetes_manifests(clash.config)
+    with pytest.raises(ConfigError, match="not a DNS label"):
+        kubernetes_manifests(flow.config, KubernetesOptions(namespace="Prod_1"))
+    with pytest.raises(ConfigError, match="no executors"):
+        kubernetes_manifests(Flow().config)
+
+
+def test_flow_to_kubernetes_yaml_and_the_cli(tmp_path: Path) -> None:
+    paths = rich_flow().to_kubernetes_yaml(tmp_path / "py", namespace="staging", gateway_replicas=2)
+    assert paths[0].name == "00-namespace.yml"
+    gateway = list(yaml.safe_load_all((tmp_path / "py" / "gateway.yml").read_text()))
+    assert {o["metadata"]["namespace"] for o in gateway} == {"staging"}
+    assert by_kind({"g": gateway}, "Deployment")["gateway"]["spec"]["replicas"] == 2
+    with pytest.raises(ConfigError, match="gateway_replicas"):
+        rich_flow().to_kubernetes_yaml(tmp_path / "bad", gateway_replicas=0)
+
+    out = tmp_path / "cli"
+    search = str(ROOT / "examples/search/flow.yml")
+    args = ["export", "kubernetes", search, str(out), "--namespace", "demo", "--secret", "api-keys"]
+    result = CliRunner().invoke(app, [*args, "--image", "plait-search:0.1.0"])
+    assert result.exit_code == 0, result.output
+    files = {p.name: list(yaml.safe_load_all(p.read_text())) for p in sorted(out.iterdir())}
+    assert sorted(files) == ["00-namespace.yml", "encoder.yml", "gateway.yml", "indexer.yml", "ranker.yml"]
+    validate_all(files)
+    encoder = config_of(files, "encoder")["executor"]
+    assert encoder["py_modules"] == ["executors.py"], "relative to the Flow YAML's folder"
+    container = by_kind(files, "Deployment")["encoder"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "plait-search:0.1.0"
+    assert container["envFrom"] == [{"secretRef": {"name": "api-keys"}}]
+
+    bad = CliRunner().invoke(app, ["export", "kubernetes", str(ROOT / "README.md"), str(tmp_path / "x")])
+    assert bad.exit_code != 0
