@@ -269,3 +269,35 @@ def test_flow_to_kubernetes_yaml_and_the_cli(tmp_path: Path) -> None:
 
     bad = CliRunner().invoke(app, ["export", "kubernetes", str(ROOT / "README.md"), str(tmp_path / "x")])
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize("where", ["file", "env"])
+def test_the_gateways_tokens_come_from_a_secret_never_the_export(where: str, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PLAIT_TEST_TOKENS", "s3cret-token-value")
+    source = {"auth_token_file": "/var/run/plait/tokens"} if where == "file" else {}
+    if where == "env":
+        source = {"auth_token_env": "PLAIT_TEST_TOKENS"}
+    flow = Flow(**source).add(name="echo", uses="executors:Echo")  # type: ignore[arg-type]
+    files = kubernetes_manifests(flow.config, KubernetesOptions(auth_secret="team-tokens"))
+    validate_all(files)
+    assert "s3cret-token-value" not in dump_documents([o for docs in files.values() for o in docs])
+    gateway = by_kind(files, "Deployment")["gateway"]["spec"]["template"]["spec"]
+    container = gateway["containers"][0]
+    if where == "file":
+        volume = next(v for v in gateway["volumes"] if v["name"] == "auth-tokens")
+        assert volume["secret"] == {
+            "secretName": "team-tokens",
+            "items": [{"key": "tokens", "path": "tokens"}],
+            "defaultMode": 0o440,
+        }
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "auth-tokens")
+        assert mount == {"name": "auth-tokens", "mountPath": "/var/run/plait", "readOnly": True}
+    else:
+        entry = next(e for e in container["env"] if e["name"] == "PLAIT_TEST_TOKENS")
+        assert entry == {
+            "name": "PLAIT_TEST_TOKENS",
+            "valueFrom": {"secretKeyRef": {"name": "team-tokens", "key": "tokens"}},
+        }
+    # Executors never get the tokens.
+    echo = by_kind(files, "Deployment")["echo"]["spec"]["template"]["spec"]["containers"][0]
+    assert "auth-tokens" not in json.dumps(echo) and "PLAIT_TEST_TOKENS" not in json.dumps(echo)

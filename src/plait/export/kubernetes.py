@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from plait.config import FlowConfig, FlowExecutorConfig
+from plait.config import FlowConfig, FlowExecutorConfig, ServerOptions
 from plait.errors import ConfigError
 from plait.export.common import (
     CONFIG_DIR,
@@ -251,6 +251,38 @@ def _executor_objects(ctx: _Context, group: ShardGroup) -> list[dict[str, Any]]:
     ]
 
 
+AUTH_SECRET_KEY = "tokens"
+
+
+def _auth_from_secret(
+    options: ServerOptions, secret: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mounts, volumes and env entries that hand the gateway its tokens from a Secret.
+
+    The export names the Secret and never holds a token: ``auth_token_file`` becomes a read-only
+    file projected from the Secret's ``tokens`` key, ``auth_token_env`` a variable read from it."""
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    env: list[dict[str, Any]] = []
+    if options.auth_token_file:
+        path = PurePosixPath(options.auth_token_file)
+        volumes.append(
+            {
+                "name": "auth-tokens",
+                "secret": {
+                    "secretName": secret,
+                    "items": [{"key": AUTH_SECRET_KEY, "path": path.name}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        mounts.append({"name": "auth-tokens", "mountPath": str(path.parent), "readOnly": True})
+    if options.auth_token_env:
+        ref = {"secretKeyRef": {"name": secret, "key": AUTH_SECRET_KEY}}
+        env.append({"name": options.auth_token_env, "valueFrom": ref})
+    return mounts, volumes, env
+
+
 def _gateway_objects(ctx: _Context, groups: list[ShardGroup]) -> list[dict[str, Any]]:
     addresses: dict[str, list[str]] = {}
     for group in groups:
@@ -263,6 +295,7 @@ def _gateway_objects(ctx: _Context, groups: list[ShardGroup]) -> list[dict[str, 
         ready = {"httpGet": {"path": "/ready", "port": port}}
         probes = _probes(ready, {"httpGet": {"path": "/health", "port": port}}, ctx.startup_attempts())
     ports = list(zip(config.protocols, config.ports, strict=True))
+    mounts, volumes, secret_env = _auth_from_secret(config.options, ctx.options.auth_secret)
     container = _container(
         ctx,
         name="gateway",
@@ -272,8 +305,10 @@ def _gateway_objects(ctx: _Context, groups: list[ShardGroup]) -> list[dict[str, 
         env=process_env(ctx.flow, None),
         probes=probes,
         resources={},
-        mounts=[],
+        mounts=mounts,
     )
+    if secret_env:
+        container["env"] = [*container.get("env", []), *secret_env]
     labels = ctx.labels("gateway", "gateway")
     service_ports = [
         {
@@ -294,7 +329,7 @@ def _gateway_objects(ctx: _Context, groups: list[ShardGroup]) -> list[dict[str, 
             config_text=config_json(config),
             container=container,
             grace_period=config.options.grace_period,
-            volumes=[],
+            volumes=volumes,
         ),
         _service(ctx, "gateway", labels, service_ports, headless=False),
     ]

@@ -61,6 +61,12 @@ class KubernetesOptions(ExportOptions):
     gpu_resource: str = Field(
         default="nvidia.com/gpu", description="extended resource an executor's `gpus` asks for"
     )
+    auth_secret: str = Field(
+        default="plait-auth",
+        description="Secret holding the gateway's bearer tokens under the key `tokens` (one per line), "
+        "created by you (`kubectl create secret generic plait-auth --from-file=tokens=FILE`): mounted "
+        "at the Flow's `auth_token_file`, or read into its `auth_token_env` variable",
+    )
 
 
 class ComposeOptions(ExportOptions):
