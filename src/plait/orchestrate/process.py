@@ -29,11 +29,22 @@ from plait.security.client import ClientSecurity
 LOG_TAIL_LINES = 40
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port the OS says is free right now on ``host``, never one this process handed out before
+    (a Flow asks for all its ports before any process binds one: two equal answers would leave the
+    gateway unable to bind while an executor answers its readiness probe)."""
+    port = 0
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            break
+    _GIVEN_PORTS.add(port)
+    return port
 
 
 def connect_host(host: str) -> str:
