@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plait.client.transport import Call, EndpointDescription, Reply, ServiceDescription, Transport
-from plait.errors import ClientClosedError, PlaitError, UnavailableError
+from plait.errors import PlaitError, UnavailableError
 from plait.security.client import ClientSecurity
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
@@ -37,11 +37,9 @@ class GrpcTransport(Transport):
         super().__init__(addresses, max_message_size=max_message_size, security=security)
         self._metadata = self.security.metadata or None  # None: gRPC's fast path for no metadata
         self._channel: grpc.aio.Channel | None = None
-        self._closed = False
 
     async def open(self) -> None:
-        if self._closed:
-            raise ClientClosedError("this client is closed; create a new one")
+        self._check_open()
         if self._channel is not None:
             return
         channel = open_channel(

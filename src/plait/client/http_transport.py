@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -28,16 +27,14 @@ from plait.docs import encode_raw, wire_to_json
 from plait.errors import (
     STATUS_TABLE,
     BadRequestError,
-    ClientClosedError,
     DeadlineExceededError,
     PlaitError,
     UnavailableError,
     error_from_details,
 )
 from plait.security.client import ClientSecurity
+from plait.wire import PROTOBUF_TYPE
 from plait.wire import plait_pb2 as pb
-
-PROTOBUF_TYPE = "application/x-protobuf"
 
 # -- shared with the WebSocket transport -------------------------------------------------------
 
@@ -144,6 +141,28 @@ def encode_parameters(call: Call) -> bytes:
         raise BadRequestError(f"parameters must be JSON-serializable: {e}") from None
 
 
+def binary_request(call: Call, request_id: str, timeout: float | None = None) -> bytes:
+    """A serialized ``plait.v1.Request`` for ``call``: an HTTP body or a WebSocket binary frame."""
+    request = pb.Request(
+        request_id=request_id,
+        endpoint=call.endpoint,
+        parameters=encode_parameters(call) if call.parameters else b"",
+        target_executor=call.target_executor,
+        docs=call.docs,
+        timeout=timeout or 0.0,
+    )
+    data: bytes = request.SerializeToString()
+    return data
+
+
+def binary_reply(response: pb.Response, request_id: str) -> Reply:
+    """The :class:`Reply` in a ``plait.v1.Response`` (raises the error it carries, if any)."""
+    if response.error:
+        raise error_from_details(msgspec.json.decode(response.error))
+    parameters = msgspec.json.decode(response.parameters) if response.parameters else {}
+    return Reply(response.request_id or request_id, response.docs, parameters)
+
+
 def timeout_header(timeout: float) -> str:
     return repr(float(timeout)) if math.isfinite(timeout) else "1e9"
 
@@ -173,12 +192,10 @@ class HttpTransport(Transport):
     ) -> None:
         super().__init__(addresses, max_message_size=max_message_size, security=security)
         self._pool: HttpPool | None = None
-        self._closed = False
         self._next = itertools.cycle(self.addresses).__next__
 
     async def open(self) -> None:
-        if self._closed:
-            raise ClientClosedError("this client is closed; create a new one")
+        self._check_open()
         if self._pool is None:
             self._pool = HttpPool(ssl=self.security.ssl_context, headers=self.security.http_headers)
 
@@ -211,17 +228,6 @@ class HttpTransport(Transport):
         )
 
     @staticmethod
-    def _binary_body(call: Call) -> bytes:
-        request = pb.Request(
-            request_id=call.request_id,
-            target_executor=call.target_executor,
-            parameters=encode_parameters(call) if call.parameters else b"",
-            docs=call.docs,
-        )
-        data: bytes = request.SerializeToString()
-        return data
-
-    @staticmethod
     def _headers(timeout: float | None, content_type: str, accept: str) -> Mapping[str, str]:
         headers = {"content-type": content_type, "accept": accept}
         if timeout is not None:
@@ -231,7 +237,7 @@ class HttpTransport(Transport):
     async def call(self, call: Call, timeout: float | None = None) -> Reply:
         pool = await self._http()
         address = self._next()
-        body = self._binary_body(call)
+        body = binary_request(call, call.request_id)
         headers = self._headers(timeout, PROTOBUF_TYPE, PROTOBUF_TYPE)
         try:
             async with asyncio.timeout(timeout):
@@ -243,11 +249,9 @@ class HttpTransport(Transport):
         if response.status != 200:
             raise error_from_http(response.status, response.body, address)
         try:
-            reply = pb.Response.FromString(response.body)
-            parameters = json.loads(reply.parameters) if reply.parameters else {}
-        except (DecodeError, ValueError) as e:
+            return binary_reply(pb.Response.FromString(response.body), call.request_id)
+        except (DecodeError, msgspec.MsgspecError) as e:
             raise UnavailableError(f"malformed reply from {address}: {e}", address=address) from None
-        return Reply(reply.request_id or call.request_id, reply.docs, parameters)
 
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
         pool = await self._http()

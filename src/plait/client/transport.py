@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from plait.errors import ClientClosedError
 from plait.security.client import PLAIN, ClientSecurity
 
 
@@ -67,6 +68,12 @@ class Transport(abc.ABC):
         self.max_message_size = max_message_size
         self.security = security or PLAIN
         """TLS and credentials every connection and call of this transport uses."""
+        self._closed = False
+        """Set by ``close()``: a closed transport never reconnects."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this client is closed; create a new one")
 
     @abc.abstractmethod
     async def open(self) -> None: ...

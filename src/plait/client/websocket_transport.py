@@ -27,6 +27,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from plait.client.http_transport import (
+    binary_reply,
+    binary_request,
     encode,
     encode_parameters,
     error_from_http,
@@ -37,7 +39,6 @@ from plait.client.http_wire import HttpPool
 from plait.client.transport import Call, Reply, ServiceDescription, Transport
 from plait.docs import encode_raw, wire_to_json
 from plait.errors import (
-    ClientClosedError,
     DeadlineExceededError,
     PayloadTooLargeError,
     PlaitError,
@@ -84,26 +85,6 @@ def _request_frame(call: Call, request_id: str, timeout: float | None, stream: b
             b"}",
         )
     )
-
-
-def _binary_frame(call: Call, request_id: str, timeout: float | None) -> bytes:
-    request = pb.Request(
-        request_id=request_id,
-        endpoint=call.endpoint,
-        parameters=encode_parameters(call) if call.parameters else b"",
-        target_executor=call.target_executor,
-        docs=call.docs,
-        timeout=timeout or 0.0,
-    )
-    data: bytes = request.SerializeToString()
-    return data
-
-
-def _binary_reply(response: pb.Response, request_id: str) -> Reply:
-    if response.error:
-        raise error_from_details(msgspec.json.decode(response.error))
-    parameters = msgspec.json.decode(response.parameters) if response.parameters else {}
-    return Reply(response.request_id or request_id, response.docs, parameters)
 
 
 def _reply(frame: _Frame, request_id: str) -> Reply:
@@ -241,11 +222,9 @@ class WebSocketTransport(Transport):
         self._connections = [_Connection(a, max_message_size, self.security) for a in self.addresses]
         self._next = itertools.cycle(self._connections).__next__
         self._http: HttpPool | None = None
-        self._closed = False
 
     async def open(self) -> None:
-        if self._closed:
-            raise ClientClosedError("this client is closed; create a new one")
+        self._check_open()
         if self._http is None:
             self._http = HttpPool(ssl=self.security.ssl_context, headers=self.security.http_headers)
         for connection in self._connections:
@@ -262,10 +241,6 @@ class WebSocketTransport(Transport):
             http, self._http = self._http, None
             await http.close()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClientClosedError("this client is closed; create a new one")
-
     async def call(self, call: Call, timeout: float | None = None) -> Reply:
         self._check_open()
         connection = self._next()
@@ -274,14 +249,14 @@ class WebSocketTransport(Transport):
         connection.pending[request_id] = future
         try:
             async with asyncio.timeout(timeout):
-                await connection.send(_binary_frame(call, request_id, timeout), binary=True)
+                await connection.send(binary_request(call, request_id, timeout), binary=True)
                 frame = await future
         except TimeoutError:
             raise _deadline(connection.address, timeout) from None
         finally:
             connection.pending.pop(request_id, None)
         if isinstance(frame, pb.Response):
-            return _binary_reply(frame, request_id)
+            return binary_reply(frame, request_id)
         return _reply(frame, request_id)  # refused before it was read (the server is draining, say)
 
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:

@@ -21,7 +21,6 @@ from starlette.types import Message, Receive, Scope, Send
 from plait.config import ServerOptions
 from plait.errors import BadRequestError, DeadlineExceededError, PayloadTooLargeError, PlaitError
 from plait.gateway.http_messages import (
-    PROTOBUF_TYPE,
     docs_json,
     encode,
     error_json,
@@ -33,6 +32,7 @@ from plait.gateway.http_messages import (
     to_request,
 )
 from plait.serve import Processor
+from plait.wire import PROTOBUF_TYPE
 from plait.wire import plait_pb2 as pb
 
 log = logging.getLogger("plait.gateway")

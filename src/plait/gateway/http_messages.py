@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from plait.docs import encode_raw, wire_to_json
 from plait.errors import BadRequestError, PlaitError
+from plait.wire import PROTOBUF_TYPE
 from plait.wire import plait_pb2 as pb
 
 # A request's documents: a list of objects, one object, or null (no documents).
@@ -117,12 +118,6 @@ def request_id_of(raw: str | bytes) -> str | None:
     except (msgspec.MsgspecError, UnicodeDecodeError):
         return None
     return value if isinstance(value, str) else None
-
-
-PROTOBUF_TYPE = "application/x-protobuf"
-"""Content type of plait's binary bodies: a ``plait.v1.Request`` in, a ``plait.v1.Response`` out
-(docs in the plait codec, untouched by the gateway). plait's own HTTP client sends them; JSON
-stays for everyone else."""
 
 
 def parse_binary_request(body: bytes, endpoint: str) -> pb.Request:

@@ -11,6 +11,10 @@ from plait.errors import ERROR_METADATA_KEY, PlaitError, error_from_grpc
 
 SERVICE_NAME = "plait.v1.Plait"
 
+PROTOBUF_TYPE = "application/x-protobuf"
+"""Content type of plait's binary HTTP bodies: a ``plait.v1.Request`` in, a ``plait.v1.Response``
+out (docs in the plait codec). plait's own HTTP client sends them; JSON stays for everyone else."""
+
 
 def error_metadata(error: PlaitError) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata carrying the error's structured details."""
