@@ -62,7 +62,8 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
 
     async def Process(self, request: pb.Request | MalformedMessage, context: Any) -> pb.Response:
         if isinstance(request, MalformedMessage):
-            await abort_with(context, request.error)
+            fail_with(context, request.error)
+            return _EMPTY
         try:
             return await self.handler.process(request, timeout=_remaining(context))
         except PlaitError as e:
