@@ -86,14 +86,17 @@ class GrpcTransport(Transport):
         request = self._request(call)
         try:
             # A call that never reached a replica (refused, none ready) goes to the next one.
-            response = await with_retries(lambda left: self._process(request, timeout=left), timeout=timeout)
+            metadata = call.metadata or None
+            response = await with_retries(
+                lambda left: self._process(request, timeout=left, metadata=metadata), timeout=timeout
+            )
         except grpc.RpcError as e:
             raise self._error(e) from None
         return Reply(response.request_id, response.docs, _loads(response.parameters))
 
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
         await self.open()
-        rpc = self._stream(self._request(call), timeout=timeout)
+        rpc = self._stream(self._request(call), timeout=timeout, metadata=call.metadata or None)
         try:
             async for response in rpc:
                 yield Reply(response.request_id, response.docs, _loads(response.parameters))

@@ -37,9 +37,20 @@ class Client:
         prefetch: int = DEFAULT_PREFETCH,
         max_message_size: int | None = None,
         timeout: float | None = None,
+        tracing: bool = False,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
     ) -> None:
         self._async = AsyncClient(
-            host, port, protocol, prefetch=prefetch, max_message_size=max_message_size, timeout=timeout
+            host,
+            port,
+            protocol,
+            prefetch=prefetch,
+            max_message_size=max_message_size,
+            timeout=timeout,
+            tracing=tracing,
+            traces_exporter_host=traces_exporter_host,
+            traces_exporter_port=traces_exporter_port,
         )
         self._loop = LoopThread()
 

@@ -30,6 +30,26 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Observability(FrozenModel):
+    """Metrics and tracing of one process (Jina's names: ``monitoring``, ``port_monitoring``, ...)."""
+
+    monitoring: bool = Field(default=False, description="serve Prometheus metrics on `port_monitoring`")
+    port_monitoring: int | None = Field(
+        default=None, ge=0, le=65535, description="the /metrics port; a free one when None"
+    )
+    tracing: bool = Field(default=False, description="send OpenTelemetry spans to the OTLP/gRPC exporter")
+    traces_exporter_host: str | None = Field(default=None, description="OTLP/gRPC receiver host")
+    traces_exporter_port: int | None = Field(default=None, ge=0, le=65535, description="its port")
+
+    @property
+    def enabled(self) -> bool:
+        return self.monitoring or self.tracing
+
+
+OBSERVABILITY_KEYS = tuple(Observability.model_fields)
+"""The keyword arguments Flow, Flow.add and Deployment take for metrics and tracing."""
+
+
 class ExecutorConfig(FrozenModel):
     """What to load: which Executor class, with which constructor arguments."""
 
@@ -107,6 +127,7 @@ class ReplicaConfig(FrozenModel):
     max_queue: int = Field(
         default=DEFAULT_MAX_QUEUE, ge=0, description="requests waiting for a slot, then refused"
     )
+    observe: Observability = Field(default_factory=Observability)
 
     def runtime_args(self) -> RuntimeArgs:
         return RuntimeArgs(
@@ -166,6 +187,7 @@ class DeploymentConfig(FrozenModel):
     )
     max_concurrent: int | None = Field(default=DEFAULT_MAX_CONCURRENT, ge=1)
     max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0)
+    observe: Observability = Field(default_factory=Observability)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -219,6 +241,16 @@ class FlowExecutorConfig(FrozenModel):
     timeout_send: float | None = Field(default=None, gt=0, description="seconds the gateway waits for it")
     max_concurrent: int | None = Field(default=DEFAULT_MAX_CONCURRENT, ge=1)
     max_queue: int = Field(default=DEFAULT_MAX_QUEUE, ge=0)
+    observe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this executor's own Observability settings; the rest come from the Flow",
+    )
+
+    @field_validator("observe")
+    @classmethod
+    def _check_observe(cls, v: dict[str, Any]) -> dict[str, Any]:
+        Observability(**v)  # unknown keys and bad values are caught here
+        return v
 
     @property
     def name(self) -> str:
@@ -253,6 +285,7 @@ class GatewayConfig(FrozenModel):
     executors: tuple[GatewayExecutor, ...]
     timeout_ready: float = Field(default=60.0, description="seconds to wait for every executor to answer")
     parent_pid: int | None = None
+    observe: Observability = Field(default_factory=Observability)
 
     @field_validator("protocols")
     @classmethod
@@ -271,6 +304,10 @@ class FlowConfig(FrozenModel):
     executors: tuple[FlowExecutorConfig, ...] = ()
     timeout_ready: float = 60.0
     env: dict[str, str] = Field(default_factory=dict, description="environment for every process of the Flow")
+    observe: Observability = Field(
+        default_factory=Observability,
+        description="the gateway's; executors inherit monitoring and tracing (each gets its own port)",
+    )
 
     @field_validator("protocols")
     @classmethod

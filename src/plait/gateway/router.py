@@ -10,6 +10,7 @@ servers that serve an executor serve a Flow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -34,6 +35,8 @@ from plait.errors import (
 from plait.executor import DEFAULT_ENDPOINT
 from plait.gateway.conditions import compile_condition, filter_rows
 from plait.gateway.reduce import merge_rows
+from plait.observe.metrics import status_of
+from plait.observe.tracing import Tracing
 from plait.serve.handler import matches_target, parse_json_object
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
@@ -154,6 +157,14 @@ class Router:
         self._leaves = [node for node in self._order if node.name not in needed]
         self._chain = self._is_chain()
         self._description: pb.DescribeResponse | None = None
+        self._hop: Any = None
+        self._tracing: Tracing | None = None
+
+    def observe(self, hop: Any, tracing: Tracing | None) -> None:
+        """Time each executor call in ``hop`` (a histogram by executor, endpoint, status) and/or
+        trace it: a CLIENT span per call, whose context travels in the call's gRPC metadata."""
+        self._hop = hop
+        self._tracing = tracing
 
     def _is_chain(self) -> bool:
         previous = START
@@ -264,7 +275,8 @@ class Router:
             parameters=_split_parameters(request.parameters, [node.name])(node.name),
             docs=request.docs,
         )
-        call = node.pick_shard().stream(forwarded, timeout=timeout)
+        metadata = self._tracing.outgoing() if self._tracing is not None else None
+        call = node.pick_shard().stream(forwarded, timeout=timeout, metadata=metadata)
         try:
             async for response in call:
                 yield response
@@ -352,9 +364,47 @@ class Router:
     async def _call(
         self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None, idempotent: bool
     ) -> pb.Response:
+        if self._hop is not None or self._tracing is not None:
+            return await self._observed_call(node, shard, request, timeout, idempotent)
+        return await self._send(node, shard, request, timeout, idempotent, None)
+
+    async def _observed_call(
+        self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None, idempotent: bool
+    ) -> pb.Response:
+        """:meth:`_send` inside a CLIENT span and/or timed into the per-hop histogram."""
+        start = time.perf_counter()
+        status = "OK"
+        span = (
+            self._tracing.client_span(
+                f"call {node.name} {request.endpoint}",
+                {"plait.executor": node.name, "plait.endpoint": request.endpoint},
+            )
+            if self._tracing is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with span:
+                metadata = self._tracing.outgoing() if self._tracing is not None else None
+                return await self._send(node, shard, request, timeout, idempotent, metadata)
+        except BaseException as e:
+            status = status_of(e)
+            raise
+        finally:
+            if self._hop is not None:
+                self._hop.labels(node.name, request.endpoint, status).observe(time.perf_counter() - start)
+
+    async def _send(
+        self,
+        node: _Node,
+        shard: _Shard,
+        request: pb.Request,
+        timeout: float | None,
+        idempotent: bool,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> pb.Response:
         try:
             response: pb.Response = await with_retries(
-                lambda left: shard.process(request, timeout=left),
+                lambda left: shard.process(request, timeout=left, metadata=metadata),
                 timeout=timeout,
                 retries=node.cfg.retries,
                 idempotent=idempotent,

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from typing import Any
 
 from plait.config import GatewayConfig
 from plait.gateway.protocols import ProtocolServer, server_class
 from plait.gateway.router import Router
+from plait.observe.instruments import Instruments
 from plait.serve.lifecycle import run_until_stopped
 from plait.serve.limits import limited
+from plait.serve.server import queue_depth
 
 log = logging.getLogger("plait.gateway")
 
@@ -24,12 +27,16 @@ log = logging.getLogger("plait.gateway")
 class Gateway:
     """A Flow's front door: the router plus one protocol server per configured protocol."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, span_exporter: Any = None) -> None:
+        """``span_exporter``: where spans go instead of OTLP when tracing (tests, in-process use)."""
         if len(config.protocols) != len(config.ports):
             raise ValueError(f"{len(config.protocols)} protocol(s) but {len(config.ports)} port(s)")
         self.config = config
+        self._span_exporter = span_exporter
         self.router = Router(config)
         self.servers: list[ProtocolServer] = []
+        self.instruments: Instruments | None = None
+        self.metrics_port: int | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -38,6 +45,17 @@ class Gateway:
         gc.freeze()  # start-up objects live as long as the process: keep full GCs short
         # One admission limit for the whole gateway, shared by every protocol it speaks.
         processor = limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue)
+        if cfg.observe.enabled:
+            instruments = self.instruments = Instruments(
+                cfg.observe, name=cfg.name, role="gateway", exporter=self._span_exporter
+            )
+            self.router.observe(
+                instruments.metrics.hop() if instruments.metrics is not None else None, instruments.tracing
+            )
+            if instruments.metrics is not None:
+                instruments.metrics.watch_queue(queue_depth(processor))
+            processor = instruments.wrap(processor)
+            self.metrics_port = instruments.serve_metrics(cfg.host)
         for protocol, port in zip(cfg.protocols, cfg.ports, strict=True):
             server = server_class(protocol)(processor, cfg.host, port, cfg.options)
             await server.start()
@@ -54,6 +72,8 @@ class Gateway:
         grace = self.config.options.grace_period
         await asyncio.gather(*(server.stop(grace) for server in self.servers), return_exceptions=True)
         await self.router.close()
+        if self.instruments is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.instruments.close)
         log.info("gateway %r stopped", self.config.name)
 
     async def serve(self) -> None:

@@ -15,6 +15,7 @@ from plait.config import (
     DEFAULT_MAX_QUEUE,
     DeploymentConfig,
     FlowExecutorConfig,
+    Observability,
     ReplicaConfig,
     load_yaml,
 )
@@ -24,7 +25,14 @@ from plait.executor.loader import importing_user_code
 from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting
 from plait.orchestrate.flow import Flow
-from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.process import (
+    ChildProcess,
+    connect_host,
+    free_port,
+    stop_all,
+    wait_ready,
+    with_monitoring_port,
+)
 from plait.orchestrate.supervisor import RestartPolicy, Supervisor, replace_child
 from plait.orchestrate.uses import executor_config_for
 
@@ -74,6 +82,11 @@ class Deployment(Orchestration):
         devices: Sequence[str] | None = None,
         max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        monitoring: bool = False,
+        port_monitoring: int | None = None,
+        tracing: bool = False,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
         quiet: bool = False,
         config: DeploymentConfig | None = None,
     ) -> None:
@@ -109,6 +122,13 @@ class Deployment(Orchestration):
                     env=dict(env or {}),
                     max_concurrent=max_concurrent,
                     max_queue=max_queue,
+                    observe=Observability(
+                        monitoring=monitoring,
+                        port_monitoring=port_monitoring,
+                        tracing=tracing,
+                        traces_exporter_host=traces_exporter_host,
+                        traces_exporter_port=traces_exporter_port,
+                    ),
                 )
             except ValueError as e:
                 raise ConfigError(f"Deployment: {e}") from e
@@ -122,6 +142,7 @@ class Deployment(Orchestration):
         self._devices = tuple(devices) if devices is not None else None
         self._supervisor: Supervisor | None = None
         self._updating = threading.Lock()
+        self._monitoring_ports: dict[str, int] = {}
 
     @classmethod
     def load_config(cls, source: str | os.PathLike[str], **overrides: Any) -> Deployment:
@@ -172,6 +193,13 @@ class Deployment(Orchestration):
         return tuple(self._children)
 
     @property
+    def monitoring_ports(self) -> dict[str, int]:
+        """Where each process serves ``/metrics`` (``monitoring=True``), once started."""
+        if self._flow is not None:
+            return self._flow.monitoring_ports
+        return dict(self._monitoring_ports)
+
+    @property
     def client(self) -> Client:
         if self._flow is not None:
             return self._flow.client
@@ -191,6 +219,9 @@ class Deployment(Orchestration):
         name = cfg.executor.name
         children = []
         for replica, env in zip(self._replica_configs(port), envs, strict=True):
+            if replica.observe.port_monitoring is not None:
+                label = name if cfg.replicas == 1 else f"{name}/rep-{replica.replica_id}"
+                self._monitoring_ports[label] = replica.observe.port_monitoring
             if cfg.replicas == 1:
                 address = f"{connect_host(replica.host)}:{replica.port}"
                 children.append(ChildProcess(name, "executor", replica, address, env, quiet=self._quiet))
@@ -221,9 +252,11 @@ class Deployment(Orchestration):
             "parent_pid": os.getpid(),
         }
         if cfg.replicas == 1:
-            return [ReplicaConfig(host=cfg.host, port=port, **common)]
+            observe = with_monitoring_port(cfg.observe, cfg.observe.port_monitoring)
+            return [ReplicaConfig(host=cfg.host, port=port, observe=observe, **common)]
         return [
             ReplicaConfig(
+                observe=with_monitoring_port(cfg.observe, None),
                 host="127.0.0.1",
                 port=free_port(),
                 extra_ports=(free_port(),),
@@ -281,6 +314,7 @@ class Deployment(Orchestration):
             quiet=self._quiet,
             restarts=self._restarts,
             devices=self._devices,
+            **cfg.observe.model_dump(),
         )
         node = FlowExecutorConfig(
             executor=cfg.executor,
@@ -327,6 +361,7 @@ class Deployment(Orchestration):
                 update: dict[str, Any] = {"executor": executor}
                 if overlap:
                     update["port"] = free_port()
+                    update["observe"] = with_monitoring_port(old.config.observe, None)
                 config = old.config.model_copy(update=update)
                 probe = f"127.0.0.1:{config.port}" if overlap else None
                 new = ChildProcess(

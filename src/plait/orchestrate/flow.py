@@ -28,6 +28,7 @@ from plait.config import (
     FlowExecutorConfig,
     GatewayConfig,
     GatewayExecutor,
+    Observability,
     ReplicaConfig,
     ServerOptions,
     dump_yaml,
@@ -40,7 +41,15 @@ from plait.gateway.conditions import compile_condition
 from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting, without_round_robin
 from plait.orchestrate.plot import PlotNode, to_mermaid, to_svg
-from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.process import (
+    ChildProcess,
+    connect_host,
+    executor_observability,
+    free_port,
+    stop_all,
+    wait_ready,
+    with_monitoring_port,
+)
 from plait.orchestrate.supervisor import RestartPolicy, Supervisor, replace_child
 from plait.orchestrate.uses import executor_config_for
 
@@ -77,10 +86,17 @@ class Flow(Orchestration):
         quiet: bool = False,
         restarts: bool | RestartPolicy = True,
         devices: Sequence[str] | None = None,
+        monitoring: bool = False,
+        port_monitoring: int | None = None,
+        tracing: bool = False,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
         config: FlowConfig | None = None,
     ) -> None:
         """``restarts``: restart processes that die (a :class:`RestartPolicy` tunes the backoff).
-        ``devices``: the GPUs ``CUDA_VISIBLE_DEVICES=RR`` cycles over (default: detected)."""
+        ``devices``: the GPUs ``CUDA_VISIBLE_DEVICES=RR`` cycles over (default: detected).
+        ``monitoring``/``tracing`` (with ``port_monitoring``, ``traces_exporter_host/port``): the
+        gateway's, inherited by every executor unless ``add`` says otherwise."""
         if config is None:
             protocols = _as_tuple(protocol) or ("grpc",)
             ports = _as_tuple(port) or (None,) * len(protocols)
@@ -106,6 +122,13 @@ class Flow(Orchestration):
                     options=ServerOptions(**options),
                     timeout_ready=timeout_ready,
                     env=dict(env or {}),
+                    observe=Observability(
+                        monitoring=monitoring,
+                        port_monitoring=port_monitoring,
+                        tracing=tracing,
+                        traces_exporter_host=traces_exporter_host,
+                        traces_exporter_port=traces_exporter_port,
+                    ),
                 )
             except ValueError as e:
                 raise ConfigError(f"Flow: {e}") from e
@@ -119,6 +142,7 @@ class Flow(Orchestration):
         self._devices = tuple(devices) if devices is not None else None
         self._supervisor: Supervisor | None = None
         self._updating = threading.Lock()
+        self._monitoring_ports: dict[str, int] = {}
 
     # -- building ------------------------------------------------------------------------------
 
@@ -143,6 +167,11 @@ class Flow(Orchestration):
         exit_on_exceptions: Sequence[str] = (),
         max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        monitoring: bool | None = None,
+        port_monitoring: int | None = None,
+        tracing: bool | None = None,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
     ) -> Flow:
         """A new Flow with one more executor. By default it follows the previously added one;
         ``needs='gateway'`` starts a parallel branch and ``needs=['a', 'b']`` joins branches.
@@ -184,6 +213,17 @@ class Flow(Orchestration):
                 timeout_send=timeout_send,
                 max_concurrent=max_concurrent,
                 max_queue=max_queue,
+                observe={
+                    k: v
+                    for k, v in (
+                        ("monitoring", monitoring),
+                        ("port_monitoring", port_monitoring),
+                        ("tracing", tracing),
+                        ("traces_exporter_host", traces_exporter_host),
+                        ("traces_exporter_port", traces_exporter_port),
+                    )
+                    if v is not None
+                },
             )
         except ValueError as e:
             raise ConfigError(f"Flow.add({node_name!r}): {e}") from e
@@ -243,6 +283,7 @@ class Flow(Orchestration):
                 options[key] = value
         if cfg.env:
             options["env"] = dict(cfg.env)
+        options.update(cfg.observe.model_dump(exclude_defaults=True))
         executors = []
         for node in cfg.executors:
             ex = node.executor
@@ -270,6 +311,7 @@ class Flow(Orchestration):
                 "max_queue": node.max_queue if node.max_queue != DEFAULT_MAX_QUEUE else None,
             }
             entry.update({k: v for k, v in optional.items() if v})
+            entry.update(node.observe)
             executors.append(entry)
         return {"jtype": "Flow", "version": "1", "with": options, "executors": executors}
 
@@ -317,6 +359,12 @@ class Flow(Orchestration):
         return tuple(self._children) + ((self._gateway,) if self._gateway else ())
 
     @property
+    def monitoring_ports(self) -> dict[str, int]:
+        """Where each process serves ``/metrics`` (``monitoring=True``): ``{'gateway': 9090,
+        'encoder': 41234, 'indexer/shard-1': ...}``, once started."""
+        return dict(self._monitoring_ports)
+
+    @property
     def client(self) -> Client:
         if self._client is None:
             raise RuntimeError("start the Flow first (`with flow:` or flow.start())")
@@ -331,6 +379,8 @@ class Flow(Orchestration):
         children: list[ChildProcess] = []
         routes: list[GatewayExecutor] = []
         for node in cfg.executors:
+            observe = executor_observability(cfg.observe, node.observe)
+            copies = node.shards * node.replicas
             shards: list[tuple[str, ...]] = []
             envs = placement.environments(
                 {**cfg.env, **node.env}, node.shards * node.replicas, who=f"executor {node.name!r}"
@@ -355,12 +405,17 @@ class Flow(Orchestration):
                         max_concurrent=node.max_concurrent,
                         max_queue=node.max_queue,
                         parent_pid=os.getpid(),
+                        observe=with_monitoring_port(
+                            observe, observe.port_monitoring if copies == 1 else None
+                        ),
                     )
                     label = node.name
                     if node.shards > 1:
                         label += f"/shard-{shard_id}"
                     if node.replicas > 1:
                         label += f"/rep-{replica_id}"
+                    if replica.observe.port_monitoring is not None:
+                        self._monitoring_ports[label] = replica.observe.port_monitoring
                     address = f"127.0.0.1:{port}"
                     children.append(
                         ChildProcess(
@@ -412,7 +467,10 @@ class Flow(Orchestration):
                 executors=tuple(routes),
                 timeout_ready=cfg.timeout_ready,
                 parent_pid=os.getpid(),
+                observe=with_monitoring_port(cfg.observe, cfg.observe.port_monitoring),
             )
+            if gateway_cfg.observe.port_monitoring is not None:
+                self._monitoring_ports["gateway"] = gateway_cfg.observe.port_monitoring
             address = f"{gateway_host}:{self._ports[0]}"
             probe = "grpc" if cfg.protocols[0] == "grpc" else "http"
             gateway_env = without_round_robin(cfg.env)
@@ -463,7 +521,15 @@ class Flow(Orchestration):
             for i, old in enumerate(list(self._children)):
                 if not isinstance(old.config, ReplicaConfig) or old.config.executor.name != name:
                     continue
-                config = old.config.model_copy(update={"executor": executor, "port": free_port()})
+                config = old.config.model_copy(
+                    update={
+                        "executor": executor,
+                        "port": free_port(),
+                        "observe": with_monitoring_port(old.config.observe, None),
+                    }
+                )
+                if config.observe.port_monitoring is not None:
+                    self._monitoring_ports[old.label] = config.observe.port_monitoring
                 new = ChildProcess(
                     old.label,
                     "executor",
