@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from batching_executors import Item
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from executors import Text
 from prometheus_client.parser import text_string_to_metric_families
 
 from plait import AsyncClient, DocList, Flow
+from plait.config import Observability
 from plait.errors import ExecutorError
 from plait.observe import METRIC_NAMES
+from plait.orchestrate.process import executor_observability
 
 H = "127.0.0.1"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -189,3 +194,34 @@ def test_the_grafana_dashboard_uses_only_metrics_the_servers_expose(flow: Flow) 
     assert families_used <= documented
     # Every family plait documents is on the dashboard.
     assert documented <= families_used, documented - families_used
+
+
+def test_options_reach_yaml_and_executors_inherit_them(tmp_path: Path) -> None:
+    flow = (
+        Flow(
+            monitoring=True,
+            port_monitoring=9100,
+            tracing=True,
+            traces_exporter_host="otel",
+            traces_exporter_port=4317,
+        )
+        .add(name="a", uses="executors:Echo")
+        .add(name="b", uses="executors:Echo", monitoring=False, port_monitoring=9200)
+    )
+    path = tmp_path / "flow.yml"
+    flow.save_config(str(path))
+    again = Flow.load_config(str(path))
+    assert again.config == flow.config
+    a, b = (executor_observability(flow.config.observe, node.observe) for node in flow.config.executors)
+    assert a == Observability(
+        tracing=True, monitoring=True, traces_exporter_host="otel", traces_exporter_port=4317
+    )
+    assert (b.monitoring, b.port_monitoring, b.tracing) == (False, 9200, True)
+
+
+def test_servers_without_tracing_never_import_opentelemetry() -> None:
+    code = (
+        "import sys, plait, plait.serve.server, plait.gateway.runtime, plait.client, plait.observe\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)

@@ -366,45 +366,9 @@ class Router:
     ) -> pb.Response:
         if self._hop is not None or self._tracing is not None:
             return await self._observed_call(node, shard, request, timeout, idempotent)
-        return await self._send(node, shard, request, timeout, idempotent, None)
-
-    async def _observed_call(
-        self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None, idempotent: bool
-    ) -> pb.Response:
-        """:meth:`_send` inside a CLIENT span and/or timed into the per-hop histogram."""
-        start = time.perf_counter()
-        status = "OK"
-        span = (
-            self._tracing.client_span(
-                f"call {node.name} {request.endpoint}",
-                {"plait.executor": node.name, "plait.endpoint": request.endpoint},
-            )
-            if self._tracing is not None
-            else contextlib.nullcontext()
-        )
-        try:
-            with span:
-                metadata = self._tracing.outgoing() if self._tracing is not None else None
-                return await self._send(node, shard, request, timeout, idempotent, metadata)
-        except BaseException as e:
-            status = status_of(e)
-            raise
-        finally:
-            if self._hop is not None:
-                self._hop.labels(node.name, request.endpoint, status).observe(time.perf_counter() - start)
-
-    async def _send(
-        self,
-        node: _Node,
-        shard: _Shard,
-        request: pb.Request,
-        timeout: float | None,
-        idempotent: bool,
-        metadata: tuple[tuple[str, str], ...] | None,
-    ) -> pb.Response:
         try:
             response: pb.Response = await with_retries(
-                lambda left: shard.process(request, timeout=left, metadata=metadata),
+                lambda left: shard.process(request, timeout=left),
                 timeout=timeout,
                 retries=node.cfg.retries,
                 idempotent=idempotent,
@@ -412,6 +376,42 @@ class Router:
         except grpc.RpcError as e:
             raise self._executor_error(node, e) from None
         return response
+
+    async def _observed_call(
+        self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None, idempotent: bool
+    ) -> pb.Response:
+        """:meth:`_call` inside a CLIENT span (its context in the call's metadata) and/or timed into
+        the per-hop histogram. Kept apart so that a gateway without either pays nothing."""
+        start = time.perf_counter()
+        status = "OK"
+        tracing = self._tracing
+        span = (
+            tracing.client_span(
+                f"call {node.name} {request.endpoint}",
+                {"plait.executor": node.name, "plait.endpoint": request.endpoint},
+            )
+            if tracing is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with span:
+                metadata = tracing.outgoing() if tracing is not None else None
+                try:
+                    response: pb.Response = await with_retries(
+                        lambda left: shard.process(request, timeout=left, metadata=metadata),
+                        timeout=timeout,
+                        retries=node.cfg.retries,
+                        idempotent=idempotent,
+                    )
+                except grpc.RpcError as e:
+                    raise self._executor_error(node, e) from None
+                return response
+        except BaseException as e:
+            status = status_of(e)
+            raise
+        finally:
+            if self._hop is not None:
+                self._hop.labels(node.name, request.endpoint, status).observe(time.perf_counter() - start)
 
     @staticmethod
     def _executor_error(node: _Node, err: grpc.RpcError) -> PlaitError:

@@ -107,7 +107,7 @@ class ServerMetrics:
             ("server", "endpoint"), registry=reg,
         )  # fmt: skip
         self._hop: Histogram | None = None
-        self._per_endpoint: dict[str, tuple[Any, Any, Any]] = {}
+        self._per_endpoint: dict[str, tuple[Any, Any, Any, Any]] = {}
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         """Report ``depth()`` (read at scrape time, so it costs requests nothing) as the queue gauge."""
@@ -122,8 +122,8 @@ class ServerMetrics:
             registry=self.registry,
         ).labels(executor).set_function(pending)
 
-    def endpoint(self, endpoint: str) -> tuple[Any, Any, Any]:
-        """(duration, bytes in, bytes out) children for ``endpoint``, made once."""
+    def endpoint(self, endpoint: str) -> tuple[Any, Any, Any, Any]:
+        """(duration, bytes in, bytes out, OK count) children for ``endpoint``, made once."""
         children = self._per_endpoint.get(endpoint)
         if children is None:
             labels = (self.server, endpoint)
@@ -131,6 +131,7 @@ class ServerMetrics:
                 self.duration.labels(*labels),
                 self.bytes_in.labels(*labels),
                 self.bytes_out.labels(*labels),
+                self.requests.labels(*labels, OK),
             )
             self._per_endpoint[endpoint] = children
         return children
@@ -167,43 +168,49 @@ class Measured:
 
     async def process(self, request: pb.Request, *, timeout: float | None = None) -> pb.Response:
         m = self.metrics
-        duration, bytes_in, bytes_out = m.endpoint(request.endpoint)
+        duration, bytes_in, bytes_out, ok = m.endpoint(request.endpoint)
         bytes_in.inc(_size(request))
         m.in_flight.inc()
         start = time.perf_counter()
-        status = OK
+        failed: str | None = None
         try:
             response: pb.Response = await self.inner.process(request, timeout=timeout)
             bytes_out.inc(_size(response))
             return response
         except BaseException as e:
-            status = status_of(e)
+            failed = status_of(e)
             raise
         finally:
             duration.observe(time.perf_counter() - start)
             m.in_flight.dec()
-            m.requests.labels(m.server, request.endpoint, status).inc()
+            if failed is None:
+                ok.inc()
+            else:
+                m.requests.labels(m.server, request.endpoint, failed).inc()
 
     async def stream(
         self, request: pb.Request, *, timeout: float | None = None
     ) -> AsyncIterator[pb.Response]:
         m = self.metrics
-        duration, bytes_in, bytes_out = m.endpoint(request.endpoint)
+        duration, bytes_in, bytes_out, ok = m.endpoint(request.endpoint)
         bytes_in.inc(_size(request))
         m.in_flight.inc()
         start = time.perf_counter()
-        status = OK
+        failed: str | None = None
         try:
             async for response in self.inner.stream(request, timeout=timeout):
                 bytes_out.inc(_size(response))
                 yield response
         except BaseException as e:
-            status = status_of(e)
+            failed = status_of(e)
             raise
         finally:
             duration.observe(time.perf_counter() - start)
             m.in_flight.dec()
-            m.requests.labels(m.server, request.endpoint, status).inc()
+            if failed is None:
+                ok.inc()
+            else:
+                m.requests.labels(m.server, request.endpoint, failed).inc()
 
     def describe(self) -> pb.DescribeResponse:
         response: pb.DescribeResponse = self.inner.describe()
