@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 import uuid
@@ -13,9 +14,10 @@ from typing import Any, TypeAlias, TypeVar, overload
 
 from plait.client.progress import Progress
 from plait.client.registry import transport_for
-from plait.client.transport import Call, ServiceDescription, Transport
+from plait.client.transport import Call, Reply, ServiceDescription, Transport
 from plait.docs import AnyDoc, DocList, Document, decode_docs, encode_docs
 from plait.errors import ClientClosedError, ConfigError, PlaitError
+from plait.observe.tracing import Tracing
 from plait.security.client import ClientSecurity
 
 T = TypeVar("T", bound=Document)
@@ -140,11 +142,18 @@ class AsyncClient:
         server_name: str | None = None,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
+        tracing: bool = False,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
     ) -> None:
         """``tls=True`` (or a ``grpcs://``, ``https://``, ``wss://`` host) connects with TLS,
         trusting ``ca_file`` instead of the system's CAs when given; ``certfile``/``keyfile``
         present a client certificate. ``token`` is sent as ``authorization: Bearer <token>`` on
-        every call and ``headers`` too (gRPC metadata, HTTP headers, the WebSocket handshake)."""
+        every call and ``headers`` too (gRPC metadata, HTTP headers, the WebSocket handshake).
+
+        ``tracing=True``: each request is a CLIENT span whose W3C context goes to the server
+        (gRPC metadata, HTTP headers), exported over OTLP/gRPC to ``traces_exporter_host:port``,
+        or, without a host, through the application's own (global) OpenTelemetry provider."""
         host, port, tls = tls_address(host, port, tls)
         protocol, addresses = parse_address(host, port, protocol.lower())
         self.protocol = protocol
@@ -166,6 +175,14 @@ class AsyncClient:
             addresses, max_message_size=max_message_size, security=security
         )
         self._closed = False
+        self._tracing: Tracing | None = None
+        if tracing:
+            self._tracing = Tracing(
+                "client",
+                host=traces_exporter_host,
+                port=traces_exporter_port,
+                use_global=traces_exporter_host is None,
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -185,6 +202,9 @@ class AsyncClient:
     async def close(self) -> None:
         self._closed = True
         await self._transport.close()
+        if self._tracing is not None:
+            tracing, self._tracing = self._tracing, None
+            await asyncio.get_running_loop().run_in_executor(None, tracing.shutdown)
 
     @property
     def closed(self) -> bool:
@@ -268,7 +288,7 @@ class AsyncClient:
         async def one(index: int, batch: Sequence[Document]) -> None:
             call = Call(endpoint, encode_docs(batch), params, target_executor, uuid.uuid4().hex)
             try:
-                reply = await self._transport.call(call, timeout=deadline)
+                reply = await self._send(call, deadline)
                 response = Response(reply.request_id, decode_docs(reply.docs, doc_type), reply.parameters)
             except PlaitError as error:
                 if on_always is not None:
@@ -368,6 +388,14 @@ class AsyncClient:
         ):
             for doc in decode_docs(reply.docs, doc_type):
                 yield doc
+
+    async def _send(self, call: Call, timeout: float | None) -> Reply:
+        if self._tracing is None:
+            return await self._transport.call(call, timeout=timeout)
+        attributes = {"plait.endpoint": call.endpoint, "plait.request_id": call.request_id}
+        with self._tracing.client_span(f"client {call.endpoint}", attributes):
+            call = dataclasses.replace(call, metadata=self._tracing.outgoing())
+            return await self._transport.call(call, timeout=timeout)
 
     async def health(self, timeout: float | None = 5.0) -> str:
         """The server's health status: 'SERVING', 'NOT_SERVING' or 'UNREACHABLE'."""

@@ -97,16 +97,23 @@ class GrpcTransport(Transport):
         request = self._request(call)
         try:
             # A call that never reached a replica (refused, none ready) goes to the next one.
+            metadata = self._call_metadata(call)
             response = await with_retries(
-                lambda left: self._process(request, timeout=left, metadata=self._metadata), timeout=timeout
+                lambda left: self._process(request, timeout=left, metadata=metadata), timeout=timeout
             )
         except grpc.RpcError as e:
             raise self._error(e) from None
         return Reply(response.request_id, response.docs, _loads(response.parameters))
 
+    def _call_metadata(self, call: Call) -> tuple[tuple[str, str], ...] | None:
+        """The client's own metadata (credentials) plus the call's (trace context)."""
+        if not call.metadata:
+            return self._metadata
+        return (*(self._metadata or ()), *call.metadata)
+
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
         await self.open()
-        rpc = self._stream(self._request(call), timeout=timeout, metadata=self._metadata)
+        rpc = self._stream(self._request(call), timeout=timeout, metadata=self._call_metadata(call))
         try:
             async for response in rpc:
                 yield Reply(response.request_id, response.docs, _loads(response.parameters))

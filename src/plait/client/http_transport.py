@@ -228,8 +228,10 @@ class HttpTransport(Transport):
         )
 
     @staticmethod
-    def _headers(timeout: float | None, content_type: str, accept: str) -> Mapping[str, str]:
-        headers = {"content-type": content_type, "accept": accept}
+    def _headers(
+        timeout: float | None, content_type: str, accept: str, extra: tuple[tuple[str, str], ...] = ()
+    ) -> Mapping[str, str]:
+        headers = {"content-type": content_type, "accept": accept, **dict(extra)}
         if timeout is not None:
             headers["x-plait-timeout"] = timeout_header(timeout)
         return headers
@@ -238,7 +240,7 @@ class HttpTransport(Transport):
         pool = await self._http()
         address = self._next()
         body = binary_request(call, call.request_id)
-        headers = self._headers(timeout, PROTOBUF_TYPE, PROTOBUF_TYPE)
+        headers = self._headers(timeout, PROTOBUF_TYPE, PROTOBUF_TYPE, call.metadata)
         try:
             async with asyncio.timeout(timeout):
                 response = await pool.request("POST", address, call.endpoint, body=body, headers=headers)
@@ -256,7 +258,7 @@ class HttpTransport(Transport):
     async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
         pool = await self._http()
         address = self._next()
-        headers = self._headers(timeout, "application/json", "text/event-stream")
+        headers = self._headers(timeout, "application/json", "text/event-stream", call.metadata)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         try:

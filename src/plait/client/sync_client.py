@@ -44,6 +44,9 @@ class Client:
         server_name: str | None = None,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
+        tracing: bool = False,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
     ) -> None:
         """TLS and credentials as for :class:`AsyncClient` (``tls``, ``ca_file``, ``token``...)."""
         self._async = AsyncClient(
@@ -60,6 +63,9 @@ class Client:
             server_name=server_name,
             token=token,
             headers=headers,
+            tracing=tracing,
+            traces_exporter_host=traces_exporter_host,
+            traces_exporter_port=traces_exporter_port,
         )
         self._loop = LoopThread()
 

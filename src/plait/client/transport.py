@@ -20,6 +20,8 @@ class Call:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     target_executor: str = ""
     request_id: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()
+    """Sent as gRPC metadata / HTTP headers (the W3C trace context when tracing)."""
 
 
 @dataclass(frozen=True, slots=True)

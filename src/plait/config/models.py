@@ -30,6 +30,26 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Observability(FrozenModel):
+    """Metrics and tracing of one process (Jina's names: ``monitoring``, ``port_monitoring``, ...)."""
+
+    monitoring: bool = Field(default=False, description="serve Prometheus metrics on `port_monitoring`")
+    port_monitoring: int | None = Field(
+        default=None, ge=0, le=65535, description="the /metrics port; a free one when None"
+    )
+    tracing: bool = Field(default=False, description="send OpenTelemetry spans to the OTLP/gRPC exporter")
+    traces_exporter_host: str | None = Field(default=None, description="OTLP/gRPC receiver host")
+    traces_exporter_port: int | None = Field(default=None, ge=0, le=65535, description="its port")
+
+    @property
+    def enabled(self) -> bool:
+        return self.monitoring or self.tracing
+
+
+OBSERVABILITY_KEYS = tuple(Observability.model_fields)
+"""The keyword arguments Flow, Flow.add and Deployment take for metrics and tracing."""
+
+
 class ExecutorConfig(FrozenModel):
     """What to load: which Executor class, with which constructor arguments."""
 
@@ -138,6 +158,7 @@ class ReplicaConfig(FrozenModel):
         gt=0,
         description="seconds calls already running on an aged connection may still take; None: no limit",
     )
+    observe: Observability = Field(default_factory=Observability)
 
     def runtime_args(self) -> RuntimeArgs:
         return RuntimeArgs(
@@ -204,6 +225,7 @@ class DeploymentConfig(FrozenModel):
     ssl_ca_file: str | None = Field(
         default=None, description="CA that signed gateway_options.ssl_certfile, trusted by `post`"
     )
+    observe: Observability = Field(default_factory=Observability)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -398,6 +420,16 @@ class FlowExecutorConfig(FrozenModel):
     resources: Resources = Field(
         default_factory=Resources, description="CPU and memory requests and limits per replica in exports"
     )
+    observe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this executor's own Observability settings; the rest come from the Flow",
+    )
+
+    @field_validator("observe")
+    @classmethod
+    def _check_observe(cls, v: dict[str, Any]) -> dict[str, Any]:
+        Observability(**v)  # unknown keys and bad values are caught here
+        return v
 
     @property
     def name(self) -> str:
@@ -436,6 +468,7 @@ class GatewayConfig(FrozenModel):
     timeout_ready: float = Field(default=60.0, description="seconds to wait for every executor to answer")
     parent_pid: int | None = None
     internal_tls: MutualTLS | None = Field(default=None, description="dial the executors with mutual TLS")
+    observe: Observability = Field(default_factory=Observability)
 
     @field_validator("protocols")
     @classmethod
@@ -461,6 +494,10 @@ class FlowConfig(FrozenModel):
         default=None,
         description="CA that signed options.ssl_certfile, trusted by the Flow's own client and readiness "
         "probes; None: the certificate itself (self-signed)",
+    )
+    observe: Observability = Field(
+        default_factory=Observability,
+        description="the gateway's; executors inherit monitoring and tracing (each gets its own port)",
     )
 
     @field_validator("protocols")
@@ -499,5 +536,6 @@ class FlowConfig(FrozenModel):
             "executors": executors,
             "timeout_ready": self.timeout_ready,
             "internal_tls": self.internal_tls,
+            "observe": self.observe,
         }
         return GatewayConfig(**{**settings, **placement})

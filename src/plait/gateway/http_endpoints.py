@@ -31,6 +31,7 @@ from plait.gateway.http_messages import (
     reply_json,
     to_request,
 )
+from plait.observe.tracing import incoming
 from plait.serve import Processor
 from plait.wire import PROTOBUF_TYPE
 from plait.wire import plait_pb2 as pb
@@ -57,10 +58,11 @@ class _ClientGone(Exception):
 class _Headers:
     """The few request headers the endpoints read, found in one pass."""
 
-    __slots__ = ("binary", "content_length", "request_id", "timeout")
+    __slots__ = ("binary", "content_length", "request_id", "timeout", "trace")
 
     def __init__(self, scope: Scope) -> None:
         self.binary = False
+        self.trace: dict[str, str] | None = None
         self.content_length: int | None = None
         self.request_id: str | None = None
         self.timeout: float | None = None
@@ -73,6 +75,10 @@ class _Headers:
                 self.timeout = _parse_timeout(value)
             elif name == b"content-type":
                 self.binary = value == _PROTOBUF
+            elif name == b"traceparent" or name == b"tracestate":
+                if self.trace is None:
+                    self.trace = {}
+                self.trace[name.decode()] = value.decode("latin-1")
 
 
 def _parse_timeout(value: bytes) -> float:
@@ -119,6 +125,7 @@ class EndpointCalls:
 
     def __init__(self, processor: Processor, options: ServerOptions, streaming: Collection[str]) -> None:
         self.processor = processor
+        self.trace_context = bool(getattr(processor, "wants_trace_context", False))
         self.limit = options.max_request_bytes
         self.streaming = frozenset(streaming)
 
@@ -129,6 +136,8 @@ class EndpointCalls:
         binary = False
         try:
             headers = _Headers(scope)
+            if self.trace_context:  # each HTTP request runs in its own task
+                incoming.set(headers.trace)
             endpoint = scope["path"]
             raw = await self._read_body(receive, headers.content_length)
             if headers.binary and endpoint not in self.streaming:
@@ -173,6 +182,8 @@ class EndpointCalls:
         request_id: str | None = None
         try:
             headers = _Headers(scope)
+            if self.trace_context:
+                incoming.set(headers.trace)
             request_id = headers.request_id or new_request_id()
             doc = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
             request = to_request(request_id, scope["path"], doc, None, "")

@@ -10,6 +10,7 @@ servers that serve an executor serve a Flow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -34,6 +35,8 @@ from plait.errors import (
 from plait.executor import DEFAULT_ENDPOINT
 from plait.gateway.conditions import compile_condition, filter_rows
 from plait.gateway.reduce import merge_rows
+from plait.observe.metrics import status_of
+from plait.observe.tracing import Tracing
 from plait.security.tls import internal_channel_kwargs
 from plait.serve.handler import matches_target, parse_json_object
 from plait.wire import SERVICE_NAME, error_from_rpc_error
@@ -156,6 +159,14 @@ class Router:
         self._leaves = [node for node in self._order if node.name not in needed]
         self._chain = self._is_chain()
         self._description: pb.DescribeResponse | None = None
+        self._hop: Any = None
+        self._tracing: Tracing | None = None
+
+    def observe(self, hop: Any, tracing: Tracing | None) -> None:
+        """Time each executor call in ``hop`` (a histogram by executor, endpoint, status) and/or
+        trace it: a CLIENT span per call, whose context travels in the call's gRPC metadata."""
+        self._hop = hop
+        self._tracing = tracing
 
     def _is_chain(self) -> bool:
         previous = START
@@ -266,7 +277,8 @@ class Router:
             parameters=_split_parameters(request.parameters, [node.name])(node.name),
             docs=request.docs,
         )
-        call = node.pick_shard().stream(forwarded, timeout=timeout)
+        metadata = self._tracing.outgoing() if self._tracing is not None else None
+        call = node.pick_shard().stream(forwarded, timeout=timeout, metadata=metadata)
         try:
             async for response in call:
                 yield response
@@ -354,6 +366,8 @@ class Router:
     async def _call(
         self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None, idempotent: bool
     ) -> pb.Response:
+        if self._hop is not None or self._tracing is not None:
+            return await self._observed_call(node, shard, request, timeout, idempotent)
         try:
             response: pb.Response = await with_retries(
                 lambda left: shard.process(request, timeout=left),
@@ -364,6 +378,42 @@ class Router:
         except grpc.RpcError as e:
             raise self._executor_error(node, e) from None
         return response
+
+    async def _observed_call(
+        self, node: _Node, shard: _Shard, request: pb.Request, timeout: float | None, idempotent: bool
+    ) -> pb.Response:
+        """:meth:`_call` inside a CLIENT span (its context in the call's metadata) and/or timed into
+        the per-hop histogram. Kept apart so that a gateway without either pays nothing."""
+        start = time.perf_counter()
+        status = "OK"
+        tracing = self._tracing
+        span = (
+            tracing.client_span(
+                f"call {node.name} {request.endpoint}",
+                {"plait.executor": node.name, "plait.endpoint": request.endpoint},
+            )
+            if tracing is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with span:
+                metadata = tracing.outgoing() if tracing is not None else None
+                try:
+                    response: pb.Response = await with_retries(
+                        lambda left: shard.process(request, timeout=left, metadata=metadata),
+                        timeout=timeout,
+                        retries=node.cfg.retries,
+                        idempotent=idempotent,
+                    )
+                except grpc.RpcError as e:
+                    raise self._executor_error(node, e) from None
+                return response
+        except BaseException as e:
+            status = status_of(e)
+            raise
+        finally:
+            if self._hop is not None:
+                self._hop.labels(node.name, request.endpoint, status).observe(time.perf_counter() - start)
 
     @staticmethod
     def _executor_error(node: _Node, err: grpc.RpcError) -> PlaitError:

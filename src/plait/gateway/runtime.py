@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from typing import Any
 
 from plait.config import GatewayConfig
 from plait.gateway.protocols import ProtocolServer, server_class
 from plait.gateway.router import Router
+from plait.observe.instruments import Instruments
 from plait.security.checks import check_security
 from plait.security.limits import bounded
 from plait.serve.lifecycle import run_until_stopped
 from plait.serve.limits import limited
+from plait.serve.server import queue_depth
 
 log = logging.getLogger("plait.gateway")
 
@@ -26,12 +29,16 @@ log = logging.getLogger("plait.gateway")
 class Gateway:
     """A Flow's front door: the router plus one protocol server per configured protocol."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, span_exporter: Any = None) -> None:
+        """``span_exporter``: where spans go instead of OTLP when tracing (tests, in-process use)."""
         if len(config.protocols) != len(config.ports):
             raise ValueError(f"{len(config.protocols)} protocol(s) but {len(config.ports)} port(s)")
         self.config = config
+        self._span_exporter = span_exporter
         self.router = Router(config)
         self.servers: list[ProtocolServer] = []
+        self.instruments: Instruments | None = None
+        self.metrics_port: int | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -41,9 +48,19 @@ class Gateway:
         gc.freeze()  # start-up objects live as long as the process: keep full GCs short
         # One admission limit for the whole gateway, shared by every protocol it speaks; the
         # request bounds (documents per request, time) come first, so refusals cost no slot.
-        processor = bounded(
-            limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue), cfg.options
-        )
+        admission = limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue)
+        processor = bounded(admission, cfg.options)
+        if cfg.observe.enabled:
+            instruments = self.instruments = Instruments(
+                cfg.observe, name=cfg.name, role="gateway", exporter=self._span_exporter
+            )
+            self.router.observe(
+                instruments.metrics.hop() if instruments.metrics is not None else None, instruments.tracing
+            )
+            if instruments.metrics is not None:
+                instruments.metrics.watch_queue(queue_depth(admission))
+            processor = instruments.wrap(processor)
+            self.metrics_port = instruments.serve_metrics(cfg.host)
         for protocol, port in zip(cfg.protocols, cfg.ports, strict=True):
             server = server_class(protocol)(processor, cfg.host, port, cfg.options)
             await server.start()
@@ -60,6 +77,8 @@ class Gateway:
         grace = self.config.options.grace_period
         await asyncio.gather(*(server.stop(grace) for server in self.servers), return_exceptions=True)
         await self.router.close()
+        if self.instruments is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.instruments.close)
         log.info("gateway %r stopped", self.config.name)
 
     async def serve(self) -> None:

@@ -18,6 +18,7 @@ from plait.gateway.http_probes import add_probe_routes
 from plait.gateway.http_uvicorn import UvicornRunner
 from plait.gateway.protocols import ProtocolServer
 from plait.gateway.ws_session import WsSession
+from plait.observe.tracing import incoming, trace_headers
 from plait.security.limits import idle_closing
 from plait.serve import Processor
 
@@ -39,6 +40,9 @@ class _Front:
         if scope["type"] != "websocket":
             await self.api(scope, receive, send)
             return
+        if getattr(self.processor, "wants_trace_context", False):
+            # The handshake's trace context parents every request of the connection.
+            incoming.set(trace_headers(scope["headers"]))
         session = WsSession(self.processor, self.options, send)
         session.draining = self.draining
         self.sessions.add(session)

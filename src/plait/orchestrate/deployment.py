@@ -16,6 +16,7 @@ from plait.config import (
     DeploymentConfig,
     FlowExecutorConfig,
     MutualTLS,
+    Observability,
     ReplicaConfig,
     ServerOptions,
     load_yaml,
@@ -26,7 +27,14 @@ from plait.executor.loader import importing_user_code
 from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting
 from plait.orchestrate.flow import Flow
-from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.process import (
+    ChildProcess,
+    connect_host,
+    free_port,
+    stop_all,
+    wait_ready,
+    with_monitoring_port,
+)
 from plait.orchestrate.security import (
     SECURITY_OPTIONS,
     client_kwargs,
@@ -84,6 +92,11 @@ class Deployment(Orchestration):
         devices: Sequence[str] | None = None,
         max_concurrent: int | None = DEFAULT_MAX_CONCURRENT,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        monitoring: bool = False,
+        port_monitoring: int | None = None,
+        tracing: bool = False,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
         quiet: bool = False,
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
@@ -139,6 +152,13 @@ class Deployment(Orchestration):
                     gateway_options=ServerOptions(**secured) if any(secured.values()) else None,
                     internal_tls=mutual_tls(internal_tls),
                     ssl_ca_file=ssl_ca_file,
+                    observe=Observability(
+                        monitoring=monitoring,
+                        port_monitoring=port_monitoring,
+                        tracing=tracing,
+                        traces_exporter_host=traces_exporter_host,
+                        traces_exporter_port=traces_exporter_port,
+                    ),
                 )
             except ValueError as e:
                 raise ConfigError(f"Deployment: {e}") from e
@@ -152,6 +172,7 @@ class Deployment(Orchestration):
         self._devices = tuple(devices) if devices is not None else None
         self._supervisor: Supervisor | None = None
         self._updating = threading.Lock()
+        self._monitoring_ports: dict[str, int] = {}
 
     @classmethod
     def load_config(cls, source: str | os.PathLike[str], **overrides: Any) -> Deployment:
@@ -202,6 +223,13 @@ class Deployment(Orchestration):
         return tuple(self._children)
 
     @property
+    def monitoring_ports(self) -> dict[str, int]:
+        """Where each process serves ``/metrics`` (``monitoring=True``), once started."""
+        if self._flow is not None:
+            return self._flow.monitoring_ports
+        return dict(self._monitoring_ports)
+
+    @property
     def client(self) -> Client:
         if self._flow is not None:
             return self._flow.client
@@ -222,6 +250,9 @@ class Deployment(Orchestration):
         children = []
         for replica, env in zip(self._replica_configs(port), envs, strict=True):
             probe_security = executor_probe_security(cfg.internal_tls)
+            if replica.observe.port_monitoring is not None:
+                label = name if cfg.replicas == 1 else f"{name}/rep-{replica.replica_id}"
+                self._monitoring_ports[label] = replica.observe.port_monitoring
             if cfg.replicas == 1:
                 address = f"{connect_host(replica.host)}:{replica.port}"
                 children.append(
@@ -264,9 +295,11 @@ class Deployment(Orchestration):
             "internal_tls": cfg.internal_tls,
         }
         if cfg.replicas == 1:
-            return [ReplicaConfig(host=cfg.host, port=port, **common)]
+            observe = with_monitoring_port(cfg.observe, cfg.observe.port_monitoring)
+            return [ReplicaConfig(host=cfg.host, port=port, observe=observe, **common)]
         return [
             ReplicaConfig(
+                observe=with_monitoring_port(cfg.observe, None),
                 host="127.0.0.1",
                 port=free_port(),
                 extra_ports=(free_port(),),
@@ -326,6 +359,7 @@ class Deployment(Orchestration):
             quiet=self._quiet,
             restarts=self._restarts,
             devices=self._devices,
+            **cfg.observe.model_dump(),
         )
         node = FlowExecutorConfig(
             executor=cfg.executor,
@@ -382,6 +416,7 @@ class Deployment(Orchestration):
                 update: dict[str, Any] = {"executor": executor}
                 if overlap:
                     update["port"] = free_port()
+                    update["observe"] = with_monitoring_port(old.config.observe, None)
                 config = old.config.model_copy(update=update)
                 probe = f"127.0.0.1:{config.port}" if overlap else None
                 new = ChildProcess(

@@ -28,6 +28,7 @@ from plait.config import (
     FlowExecutorConfig,
     GatewayExecutor,
     MutualTLS,
+    Observability,
     ReplicaConfig,
     Resources,
     ServerOptions,
@@ -42,7 +43,15 @@ from plait.gateway.conditions import compile_condition
 from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting, without_round_robin
 from plait.orchestrate.plot import PlotNode, to_mermaid, to_svg
-from plait.orchestrate.process import ChildProcess, connect_host, free_port, stop_all, wait_ready
+from plait.orchestrate.process import (
+    ChildProcess,
+    connect_host,
+    executor_observability,
+    free_port,
+    stop_all,
+    wait_ready,
+    with_monitoring_port,
+)
 from plait.orchestrate.security import (
     SECURITY_OPTIONS,
     executor_probe_security,
@@ -102,6 +111,11 @@ class Flow(Orchestration):
         header_timeout: float = _SERVER.header_timeout,
         idle_timeout: float = _SERVER.idle_timeout,
         request_timeout: float | None = _SERVER.request_timeout,
+        monitoring: bool = False,
+        port_monitoring: int | None = None,
+        tracing: bool = False,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
         config: FlowConfig | None = None,
     ) -> None:
         """``restarts``: restart processes that die (a :class:`RestartPolicy` tunes the backoff).
@@ -111,7 +125,10 @@ class Flow(Orchestration):
         protocol (``ssl_ca_file``: the CA ``flow.post`` trusts for it); ``auth_token_file`` or
         ``auth_token_env`` name where the accepted bearer tokens are read, ``auth`` a custom check;
         ``internal_tls`` turns on mutual TLS between the gateway and the executors; the ``max_*``
-        and ``*_timeout`` options are the gateway's limits."""
+        and ``*_timeout`` options are the gateway's limits.
+
+        ``monitoring``/``tracing`` (with ``port_monitoring``, ``traces_exporter_host/port``): the
+        gateway's, inherited by every executor unless ``add`` says otherwise."""
         if config is None:
             protocols = _as_tuple(protocol) or ("grpc",)
             ports = _as_tuple(port) or (None,) * len(protocols)
@@ -154,6 +171,13 @@ class Flow(Orchestration):
                     env=dict(env or {}),
                     internal_tls=mutual_tls(internal_tls),
                     ssl_ca_file=ssl_ca_file,
+                    observe=Observability(
+                        monitoring=monitoring,
+                        port_monitoring=port_monitoring,
+                        tracing=tracing,
+                        traces_exporter_host=traces_exporter_host,
+                        traces_exporter_port=traces_exporter_port,
+                    ),
                 )
             except ValueError as e:
                 raise ConfigError(f"Flow: {e}") from e
@@ -167,6 +191,7 @@ class Flow(Orchestration):
         self._devices = tuple(devices) if devices is not None else None
         self._supervisor: Supervisor | None = None
         self._updating = threading.Lock()
+        self._monitoring_ports: dict[str, int] = {}
 
     # -- building ------------------------------------------------------------------------------
 
@@ -194,6 +219,11 @@ class Flow(Orchestration):
         image: str | None = None,
         gpus: int = 0,
         resources: Resources | Mapping[str, Mapping[str, Any]] | None = None,
+        monitoring: bool | None = None,
+        port_monitoring: int | None = None,
+        tracing: bool | None = None,
+        traces_exporter_host: str | None = None,
+        traces_exporter_port: int | None = None,
     ) -> Flow:
         """A new Flow with one more executor. By default it follows the previously added one;
         ``needs='gateway'`` starts a parallel branch and ``needs=['a', 'b']`` joins branches.
@@ -240,6 +270,17 @@ class Flow(Orchestration):
                 image=image,
                 gpus=gpus,
                 resources=resources or Resources(),
+                observe={
+                    k: v
+                    for k, v in (
+                        ("monitoring", monitoring),
+                        ("port_monitoring", port_monitoring),
+                        ("tracing", tracing),
+                        ("traces_exporter_host", traces_exporter_host),
+                        ("traces_exporter_port", traces_exporter_port),
+                    )
+                    if v is not None
+                },
             )
         except ValueError as e:
             raise ConfigError(f"Flow.add({node_name!r}): {e}") from e
@@ -303,6 +344,7 @@ class Flow(Orchestration):
             options["ssl_ca_file"] = cfg.ssl_ca_file
         if cfg.env:
             options["env"] = dict(cfg.env)
+        options.update(cfg.observe.model_dump(exclude_defaults=True))
         executors = []
         for node in cfg.executors:
             ex = node.executor
@@ -333,6 +375,7 @@ class Flow(Orchestration):
                 "resources": node.resources.model_dump(exclude_defaults=True),
             }
             entry.update({k: v for k, v in optional.items() if v})
+            entry.update(node.observe)
             executors.append(entry)
         return {"jtype": "Flow", "version": "1", "with": options, "executors": executors}
 
@@ -423,6 +466,12 @@ class Flow(Orchestration):
         return tuple(self._children) + ((self._gateway,) if self._gateway else ())
 
     @property
+    def monitoring_ports(self) -> dict[str, int]:
+        """Where each process serves ``/metrics`` (``monitoring=True``): ``{'gateway': 9090,
+        'encoder': 41234, 'indexer/shard-1': ...}``, once started."""
+        return dict(self._monitoring_ports)
+
+    @property
     def client(self) -> Client:
         if self._client is None:
             raise RuntimeError("start the Flow first (`with flow:` or flow.start())")
@@ -437,6 +486,8 @@ class Flow(Orchestration):
         children: list[ChildProcess] = []
         routes: list[GatewayExecutor] = []
         for node in cfg.executors:
+            observe = executor_observability(cfg.observe, node.observe)
+            copies = node.shards * node.replicas
             shards: list[tuple[str, ...]] = []
             envs = placement.environments(
                 {**cfg.env, **node.env}, node.shards * node.replicas, who=f"executor {node.name!r}"
@@ -455,12 +506,17 @@ class Flow(Orchestration):
                         public_host="127.0.0.1",
                         public_port=port,
                         parent_pid=os.getpid(),
+                        observe=with_monitoring_port(
+                            observe, observe.port_monitoring if copies == 1 else None
+                        ),
                     )
                     label = node.name
                     if node.shards > 1:
                         label += f"/shard-{shard_id}"
                     if node.replicas > 1:
                         label += f"/rep-{replica_id}"
+                    if replica.observe.port_monitoring is not None:
+                        self._monitoring_ports[label] = replica.observe.port_monitoring
                     address = f"127.0.0.1:{port}"
                     children.append(
                         ChildProcess(
@@ -505,7 +561,14 @@ class Flow(Orchestration):
         try:
             gateway_host = connect_host(cfg.host)
             self._ports = tuple(p or free_port(gateway_host) for p in cfg.ports)
-            gateway_cfg = cfg.gateway_config(tuple(routes), ports=self._ports, parent_pid=os.getpid())
+            gateway_cfg = cfg.gateway_config(
+                tuple(routes),
+                ports=self._ports,
+                parent_pid=os.getpid(),
+                observe=with_monitoring_port(cfg.observe, cfg.observe.port_monitoring),
+            )
+            if gateway_cfg.observe.port_monitoring is not None:
+                self._monitoring_ports["gateway"] = gateway_cfg.observe.port_monitoring
             address = f"{gateway_host}:{self._ports[0]}"
             probe = "grpc" if cfg.protocols[0] == "grpc" else "http"
             gateway_env = without_round_robin(cfg.env)
@@ -566,7 +629,15 @@ class Flow(Orchestration):
             for i, old in enumerate(list(self._children)):
                 if not isinstance(old.config, ReplicaConfig) or old.config.executor.name != name:
                     continue
-                config = old.config.model_copy(update={"executor": executor, "port": free_port()})
+                config = old.config.model_copy(
+                    update={
+                        "executor": executor,
+                        "port": free_port(),
+                        "observe": with_monitoring_port(old.config.observe, None),
+                    }
+                )
+                if config.observe.port_monitoring is not None:
+                    self._monitoring_ports[old.label] = config.observe.port_monitoring
                 new = ChildProcess(
                     old.label,
                     "executor",

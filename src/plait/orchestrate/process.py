@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plait.config import FrozenModel
+from plait.config import FrozenModel, Observability
 from plait.errors import StartupError
 from plait.security.client import ClientSecurity
 
@@ -250,3 +250,16 @@ def stop_all(children: Sequence[ChildProcess], grace: float) -> None:
         if not child.wait(max(0.0, deadline - time.monotonic())):
             child.kill()
             child.wait(5.0)
+
+
+def with_monitoring_port(observe: Observability, port: int | None) -> Observability:
+    """``observe`` with ``port`` (a free one when None) as its metrics port, when monitoring is on."""
+    if not observe.monitoring:
+        return observe
+    return observe.model_copy(update={"port_monitoring": port or free_port()})
+
+
+def executor_observability(flow: Observability, own: Mapping[str, Any]) -> Observability:
+    """An executor's settings: the Flow's monitoring and tracing, overridden by its own; the
+    metrics port is never inherited (the gateway's is the Flow's)."""
+    return flow.model_copy(update={"port_monitoring": None, **own})

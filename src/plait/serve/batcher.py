@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from plait.docs import DocList, Document
 from plait.errors import ExecutorError, PlaitError, UnavailableError
 from plait.executor import BatchingConfig, EndpointSpec
+from plait.observe.tracing import Tracing
 
 CallBatch = Callable[[EndpointSpec, DocList[Any], Any], Awaitable[Any]]
 """Calls the endpoint's method on merged docs: ``await call(spec, docs, parameters)``."""
@@ -58,6 +59,7 @@ class _Pending:
     docs: DocList[Any]
     future: asyncio.Future[Outcome]
     arrived: float
+    link: Any = None  # tracing: a link to the span of the request that queued it
 
 
 @dataclass(eq=False)
@@ -116,9 +118,16 @@ class Batcher:
     """The queues and drain tasks of one executor's batched endpoints."""
 
     def __init__(
-        self, *, executor: str, call: CallBatch, make_error: MakeError, registry: CollectorRegistry
+        self,
+        *,
+        executor: str,
+        call: CallBatch,
+        make_error: MakeError,
+        registry: CollectorRegistry,
+        tracing: Tracing | None = None,
     ) -> None:
         self.executor = executor
+        self._tracing = tracing
         self._call = call
         self._make_error = make_error
         self._queues: dict[tuple[str, str], _Queue] = {}
@@ -166,6 +175,8 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         item = _Pending(docs, loop.create_future(), loop.time())
+        if self._tracing is not None:
+            item.link = self._tracing.current_link()
         queue.put(item)
         try:
             return await item.future
@@ -210,7 +221,20 @@ class Batcher:
         self._batch_size.labels(*labels).observe(len(docs))
         try:
             try:
-                result = await self._call(spec, docs, queue.parameters)
+                if self._tracing is None:
+                    result = await self._call(spec, docs, queue.parameters)
+                else:
+                    with self._tracing.batch_span(
+                        f"batch {self.executor} {spec.endpoint}",
+                        [item.link for item in batch],
+                        {
+                            "plait.executor": self.executor,
+                            "plait.endpoint": spec.endpoint,
+                            "plait.batch.requests": len(batch),
+                            "plait.batch.documents": len(docs),
+                        },
+                    ):
+                        result = await self._call(spec, docs, queue.parameters)
                 shares = self._split(spec, batch, len(docs), result)
             except Exception as e:
                 for item in batch:

@@ -24,6 +24,7 @@ from plait.errors import BadRequestError, EndpointNotFoundError, ExecutorError, 
 from plait.executor import DEFAULT_ENDPOINT, EndpointSpec, Executor
 from plait.executor.batching import effective_batching
 from plait.executor.endpoints import call_endpoint, parse_parameters, stream_endpoint
+from plait.observe.tracing import Tracing
 from plait.serve.batcher import Batcher
 from plait.wire import plait_pb2 as pb
 
@@ -64,6 +65,7 @@ class RequestHandler:
         allow_concurrent: bool = False,
         dynamic_batching: Mapping[str, Mapping[str, Any]] | None = None,
         registry: CollectorRegistry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.executor = executor
         self.name = name
@@ -74,13 +76,21 @@ class RequestHandler:
         # Endpoint → batching config: @dynamic_batching, overridden by `uses_dynamic_batching`.
         self._batching = effective_batching(self._table, dynamic_batching, executor=name)
         self._batcher = Batcher(
-            executor=name, call=self._call_batch, make_error=self._batch_error, registry=self.registry
+            executor=name,
+            call=self._call_batch,
+            make_error=self._batch_error,
+            registry=self.registry,
+            tracing=tracing,
         )
         # One worker keeps sync endpoints in order (safe for code that is not thread-safe);
         # allow_concurrent=True lets them overlap.
         self._pool = ThreadPoolExecutor(
             max_workers=32 if allow_concurrent else 1, thread_name_prefix=f"plait-{name}"
         )
+
+    def batch_pending(self) -> float:
+        """Requests waiting in the batching queues now."""
+        return float(self._batcher.pending)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -35,6 +35,11 @@ class AdmissionLimit:
     def running(self) -> int:
         return self.max_concurrent - self._slots._value
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a slot now."""
+        return self._waiting
+
     async def _admit(self) -> None:
         if self._slots.locked() and self._waiting >= self.max_queue:
             raise ResourceExhaustedError(

@@ -17,7 +17,7 @@ import asyncio
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -26,10 +26,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from plait.config import ReplicaConfig
 from plait.errors import ExecutorError, PlaitError, StartupError
 from plait.executor.loader import expand_yaml_uses, load_executor
+from plait.observe.instruments import Instruments
+from plait.observe.tracing import incoming, trace_headers
 from plait.security.tls import internal_server_credentials
 from plait.serve.handler import RequestHandler
 from plait.serve.lifecycle import run_until_stopped
-from plait.serve.limits import limited
+from plait.serve.limits import AdmissionLimit, limited
 from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
@@ -59,11 +61,14 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
     def __init__(self, processor: Processor) -> None:
         self.handler = processor
         self._description = processor.describe()
+        self._trace_context = bool(getattr(processor, "wants_trace_context", False))
 
     async def Process(self, request: pb.Request | MalformedMessage, context: Any) -> pb.Response:
         if isinstance(request, MalformedMessage):
             fail_with(context, request.error)
             return _EMPTY
+        if self._trace_context:  # each RPC runs in its own task: its context is this call's alone
+            incoming.set(trace_headers(context.invocation_metadata() or ()))
         try:
             return await self.handler.process(request, timeout=_remaining(context))
         except PlaitError as e:
@@ -75,6 +80,8 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.Response]:
         if isinstance(request, MalformedMessage):
             await abort_with(context, request.error)
+        if self._trace_context:
+            incoming.set(trace_headers(context.invocation_metadata() or ()))
         try:
             async for response in self.handler.stream(request, timeout=_remaining(context)):
                 yield response
@@ -82,6 +89,8 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
             await abort_with(context, e)
 
     async def ProcessStream(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.Response]:
+        if self._trace_context:
+            incoming.set(trace_headers(context.invocation_metadata() or ()))
         queue: asyncio.Queue[pb.Response | PlaitError | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
 
@@ -155,9 +164,13 @@ def server_options(
 class ExecutorServer:
     """One replica: executor + gRPC server + health, with an explicit start/stop lifecycle."""
 
-    def __init__(self, config: ReplicaConfig) -> None:
+    def __init__(self, config: ReplicaConfig, *, span_exporter: Any = None) -> None:
+        """``span_exporter``: where spans go instead of OTLP when tracing (tests, in-process use)."""
         self.config = config
+        self._span_exporter = span_exporter
         self.handler: RequestHandler | None = None
+        self.instruments: Instruments | None = None
+        self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
@@ -182,11 +195,19 @@ class ExecutorServer:
         executor_cfg = expand_yaml_uses(cfg.executor)
         # Constructing an Executor may load a model: keep it off the loop so signals still work.
         executor = await loop.run_in_executor(None, load_executor, executor_cfg, cfg.runtime_args())
+        instruments = (
+            Instruments(cfg.observe, name=self.name, role="executor", exporter=self._span_exporter)
+            if cfg.observe.enabled
+            else None
+        )
+        self.instruments = instruments
         self.handler = RequestHandler(
             executor,
             name=self.name,
             allow_concurrent=executor_cfg.allow_concurrent,
             dynamic_batching=executor_cfg.uses_dynamic_batching,
+            registry=instruments.metrics.registry if instruments and instruments.metrics else None,
+            tracing=instruments.tracing if instruments else None,
         )
         if cfg.executor.exit_on_exceptions:
             self._watch_for_exit_exceptions(self.handler, cfg.executor.exit_on_exceptions)
@@ -202,6 +223,12 @@ class ExecutorServer:
             )
         )
         processor = limited(self.handler, cfg.max_concurrent, cfg.max_queue)
+        if instruments is not None:
+            if instruments.metrics is not None:
+                instruments.metrics.watch_queue(queue_depth(processor))
+                instruments.metrics.watch_batch_queue(self.name, self.handler.batch_pending)
+            processor = instruments.wrap(processor)
+            self.metrics_port = instruments.serve_metrics(cfg.host)
         add_plait_servicer(PlaitServicer(processor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = internal_server_credentials(cfg.internal_tls) if cfg.internal_tls else None
@@ -255,6 +282,8 @@ class ExecutorServer:
             await self._server.stop(self.config.grace_period)
         if self.handler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.handler.close)
+        if self.instruments is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.instruments.close)
         log.info("executor %r stopped", self.name)
 
     async def serve(self) -> None:
@@ -266,6 +295,13 @@ class ExecutorServer:
             parent_pid=self.config.parent_pid,
             who=f"executor {self.name!r}",
         )
+
+
+def queue_depth(processor: Processor) -> Callable[[], float]:
+    """Requests waiting for an admission slot in ``processor`` (0 when it has no limit)."""
+    if isinstance(processor, AdmissionLimit):
+        return lambda: float(processor.waiting)
+    return lambda: 0.0
 
 
 def listed_exception(exc: BaseException, names: tuple[str, ...]) -> str | None:
