@@ -161,3 +161,19 @@ def test_flow_to_docker_compose_yaml_and_the_cli(tmp_path: Path) -> None:
     encoder = ReplicaConfig.model_validate_json(unescape(project["configs"]["encoder-config"]["content"]))
     assert encoder.executor.py_modules == ("executors.py",)
     assert project["services"]["ranker"]["env_file"] == ["prod.env"]
+
+
+def test_every_service_exposes_its_metrics_port_to_the_network() -> None:
+    project = compose_project(rich_flow().config)
+    validate(project)
+    configs = {k: unescape(v["content"]) for k, v in project["configs"].items()}
+    for name, service in project["services"].items():
+        assert service["expose"] == ["9090"], name
+        assert json.loads(configs[f"{name}-config"])["observe"] == {
+            "monitoring": True,
+            "port_monitoring": 9090,
+        }
+    assert "9090:9090" not in project["services"]["gateway"]["ports"]  # scraped in the network only
+    quiet = compose_project(rich_flow().config, ComposeOptions(monitoring=False))
+    validate(quiet)
+    assert not any("expose" in s for s in quiet["services"].values())

@@ -266,6 +266,11 @@ def test_flow_to_kubernetes_yaml_and_the_cli(tmp_path: Path) -> None:
     container = by_kind(files, "Deployment")["encoder"]["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "plait-search:0.1.0"
     assert container["envFrom"] == [{"secretRef": {"name": "api-keys"}}]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    quiet = tmp_path / "quiet"
+    result = CliRunner().invoke(app, ["export", "kubernetes", search, str(quiet), "--no-monitoring"])
+    assert result.exit_code == 0, result.output
+    assert "prometheus.io" not in (quiet / "encoder.yml").read_text()
 
     bad = CliRunner().invoke(app, ["export", "kubernetes", str(ROOT / "README.md"), str(tmp_path / "x")])
     assert bad.exit_code != 0
@@ -301,3 +306,40 @@ def test_the_gateways_tokens_come_from_a_secret_never_the_export(where: str, mon
     # Executors never get the tokens.
     echo = by_kind(files, "Deployment")["echo"]["spec"]["template"]["spec"]["containers"][0]
     assert "auth-tokens" not in json.dumps(echo) and "PLAIT_TEST_TOKENS" not in json.dumps(echo)
+
+
+def test_every_pod_serves_metrics_that_prometheus_finds_by_annotation() -> None:
+    files = kubernetes_manifests(rich_flow().config)
+    for name, deployment in by_kind(files, "Deployment").items():
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/path"] == "/metrics"
+        (container,) = template["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == int(annotations["prometheus.io/port"]) == 9090
+        config = config_of(files, name)
+        assert config["observe"] == {"monitoring": True, "port_monitoring": 9090}
+    # The gateway's metrics port may not be one it serves on; an executor's own port wins.
+    clash = Flow(protocol=["grpc", "http"], port=[8080, 9090]).add(name="a", uses="executors:Echo")
+    with pytest.raises(ConfigError, match="metrics port 9090 is also one of its ports"):
+        kubernetes_manifests(clash.config)
+    own = Flow().add(name="a", uses="executors:Echo", monitoring=True, port_monitoring=9100)
+    files = kubernetes_manifests(own.config, KubernetesOptions(monitoring_port=9200))
+    assert config_of(files, "a")["observe"]["port_monitoring"] == 9100
+    assert config_of(files, "gateway")["observe"]["port_monitoring"] == 9200
+    # Turned off: no metrics port, no annotation, nothing in the config (tracing stays as set).
+    traced = Flow(tracing=True, traces_exporter_host="otel", traces_exporter_port=4317).add(
+        name="a", uses="executors:Echo"
+    )
+    files = kubernetes_manifests(traced.config, KubernetesOptions(monitoring=False))
+    assert validate_all(files) > 0
+    for name, deployment in by_kind(files, "Deployment").items():
+        template = deployment["spec"]["template"]
+        assert "prometheus.io/scrape" not in template["metadata"]["annotations"]
+        assert "metrics" not in {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+        assert config_of(files, name)["observe"] == {
+            "tracing": True,
+            "traces_exporter_host": "otel",
+            "traces_exporter_port": 4317,
+        }

@@ -223,6 +223,28 @@ CLIENT = textwrap.dedent(
 )
 
 
+SCRAPE = textwrap.dedent(
+    """
+    # Run inside the gateway's namespace: argv = metrics URLs. Sums plait_requests_total by
+    # server and endpoint for each URL, as a Prometheus scrape of the pod would read it.
+    import json, sys, urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for url in sys.argv[1:]:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        totals = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "plait_requests_total" and sample.labels["status"] == "OK":
+                    key = sample.labels["server"] + " " + sample.labels["endpoint"]
+                    totals[key] = totals.get(key, 0) + sample.value
+        out[url] = totals
+    print(json.dumps(out))
+    """
+)
+
+
 def test_exported_pods_on_separate_hosts_serve_balance_and_survive_a_killed_replica(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -278,6 +300,25 @@ def test_exported_pods_on_separate_hosts_serve_balance_and_survive_a_killed_repl
         seen |= {f"{ip}:{port}" for ip, port in found} & peers
         time.sleep(0.2)
     assert peers <= seen, (peers, seen)
+
+    # Every pod serves Prometheus metrics on the port its pod template announces; scraped over
+    # the bridge as Prometheus would, they count the requests each process served.
+    for name in ("gateway", "echo"):
+        template = deployments[name]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        ports = {p["name"]: p["containerPort"] for p in container(name)["ports"]}
+        assert ports["metrics"] == int(annotations["prometheus.io/port"]) == 9090
+    urls = [f"http://{p.ip}:9090/metrics" for p in cluster.pods if p.name in ("gateway", "echo")]
+    scrape = tmp_path / "scrape.py"
+    scrape.write_text(SCRAPE)
+    metrics = cluster.run_in(gateway, scrape, *urls)
+    gateway_url = f"http://{gateway.ip}:9090/metrics"
+    served = {url: totals.get("echo /whoami", 0) for url, totals in metrics.items() if url != gateway_url}
+    whoami_calls = len(first["pids"]) + len(first["seen"])  # at least this many reached the gateway
+    assert metrics[gateway_url]["gateway /whoami"] >= whoami_calls, metrics
+    assert all(count >= 5 for count in served.values()), served  # both replicas served, and counted
+    assert sum(served.values()) == metrics[gateway_url]["gateway /whoami"], metrics
 
     # 2. A replica killed outright: the Flow keeps serving, every request succeeds.
     victim = next(p for p in cluster.pods if p.name == "echo")

@@ -271,6 +271,10 @@ def export_kubernetes(
             "--secret", help="A Secret whose keys every container gets as environment variables (repeatable)."
         ),
     ] = None,
+    monitoring: Annotated[
+        bool, typer.Option(help="Every process serves Prometheus /metrics (on by default in exports).")
+    ] = True,
+    monitoring_port: Annotated[int, typer.Option(help="In-container port of /metrics.")] = 9090,
 ) -> None:
     """Write the Kubernetes objects that run a Flow (apply with `kubectl apply -f OUTPUT_DIR`).
 
@@ -281,6 +285,8 @@ def export_kubernetes(
         "gateway_replicas": gateway_replicas,
         "gateway_service_type": gateway_service_type,
         "env_from_secrets": tuple(secret or ()),
+        "monitoring": monitoring,
+        "monitoring_port": monitoring_port,
     }
     options.update({k: v for k, v in (("image", image), ("gateway_image", gateway_image)) if v})
     with _clean_errors():
@@ -301,12 +307,20 @@ def export_docker_compose(
         list[str] | None,
         typer.Option("--env-file", help="A KEY=VALUE file every service reads (repeatable)."),
     ] = None,
+    monitoring: Annotated[
+        bool, typer.Option(help="Every process serves Prometheus /metrics (on by default in exports).")
+    ] = True,
+    monitoring_port: Annotated[int, typer.Option(help="In-container port of /metrics.")] = 9090,
 ) -> None:
     """Write a Docker Compose file that runs a Flow (run with `docker compose -f OUTPUT_FILE up`).
 
     One service per executor replica and shard, plus the gateway.
     """
-    options: dict[str, Any] = {"env_files": tuple(env_file or ())}
+    options: dict[str, Any] = {
+        "env_files": tuple(env_file or ()),
+        "monitoring": monitoring,
+        "monitoring_port": monitoring_port,
+    }
     options.update({k: v for k, v in (("image", image), ("gateway_image", gateway_image)) if v})
     with _clean_errors():
         flow = _flow_for_export(flow_yml)

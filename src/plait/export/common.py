@@ -28,6 +28,7 @@ from plait.config import (
     FrozenModel,
     GatewayConfig,
     GatewayExecutor,
+    Observability,
     ReplicaConfig,
 )
 from plait.errors import ConfigError
@@ -115,6 +116,21 @@ def container_executor(executor: ExecutorConfig, options: ExportOptions) -> Exec
     return executor.model_copy(update={"uses": uses, "py_modules": modules, "workspace": WORKSPACE})
 
 
+def observability(flow: FlowConfig, node: FlowExecutorConfig | None, options: ExportOptions) -> Observability:
+    """Metrics and tracing of one exported process: the Flow's (and the executor's own), with
+    monitoring on by default on the fixed in-container port (Prometheus finds it by annotation)."""
+    own = (
+        flow.observe
+        if node is None
+        else flow.observe.model_copy(update={"port_monitoring": None, **node.observe})
+    )
+    if not (own.monitoring or options.monitoring):
+        return own
+    return own.model_copy(
+        update={"monitoring": True, "port_monitoring": own.port_monitoring or options.monitoring_port}
+    )
+
+
 def replica_config(
     flow: FlowConfig, group: ShardGroup, replica_id: int, options: ExportOptions
 ) -> ReplicaConfig:
@@ -127,7 +143,14 @@ def replica_config(
         host="0.0.0.0",
         port=options.executor_port,
         max_connection_age=options.max_connection_age,
+        observe=_own_port(observability(flow, group.node, options), options.executor_port, group.name),
     )
+
+
+def _own_port(observe: Observability, port: int, who: str) -> Observability:
+    if observe.monitoring and observe.port_monitoring == port:
+        raise ConfigError(f"{who}: its metrics port {port} is also the port it serves on; pick another")
+    return observe
 
 
 def gateway_ports(flow: FlowConfig) -> tuple[int, ...]:
@@ -162,7 +185,19 @@ def gateway_config(
         for node in flow.executors
     )
     server_options = flow.options.model_copy(update={"max_connection_age": options.max_connection_age})
-    return flow.gateway_config(routes, host="0.0.0.0", ports=gateway_ports(flow), options=server_options)
+    ports = gateway_ports(flow)
+    observe = observability(flow, None, options)
+    if observe.monitoring and observe.port_monitoring in ports:
+        raise ConfigError(
+            f"gateway: its metrics port {observe.port_monitoring} is also one of its ports {ports}; "
+            "pick another"
+        )
+    return flow.gateway_config(routes, host="0.0.0.0", ports=ports, options=server_options, observe=observe)
+
+
+def metrics_port(config: ReplicaConfig | GatewayConfig) -> int | None:
+    """The port an exported process serves /metrics on, if it does."""
+    return config.observe.port_monitoring if config.observe.monitoring else None
 
 
 def balanced_address(name: str, port: int) -> str:

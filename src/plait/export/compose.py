@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from plait.config import FlowConfig, FlowExecutorConfig
+from plait.config import FlowConfig, FlowExecutorConfig, GatewayConfig, ReplicaConfig
 from plait.config.models import QUANTITY_RE
 from plait.errors import ConfigError
 from plait.export.common import (
@@ -24,6 +24,7 @@ from plait.export.common import (
     dns_label,
     dump_documents,
     gateway_config,
+    metrics_port,
     probe_port,
     process_env,
     replica_config,
@@ -123,6 +124,14 @@ def _service(
     return service
 
 
+def _expose_metrics(service: dict[str, Any], config: ReplicaConfig | GatewayConfig) -> None:
+    """A process's /metrics port, reachable from the project's network (a Prometheus service
+    added to it scrapes ``<service>:<port>``), not published on the host."""
+    port = metrics_port(config)
+    if port is not None:
+        service["expose"] = [str(port)]
+
+
 def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> dict[str, Any]:
     """The Compose file that runs ``flow`` (as a dict)."""
     options = options or ComposeOptions()
@@ -141,7 +150,8 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
             name = group.name if node.replicas == 1 else f"{group.name}-rep-{replica_id}"
             if name in services or (name != group.name and name in taken):
                 raise ConfigError(f"two services of the export would be named {name!r}; rename an executor")
-            text = config_json(replica_config(flow, group, replica_id, options))
+            config = replica_config(flow, group, replica_id, options)
+            text = config_json(config)
             configs[f"{name}-config"] = {"content": _literal(text)}
             service = _service(
                 flow,
@@ -158,6 +168,7 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
             service["networks"] = {network: {"aliases": aliases}} if aliases else [network]
             service["volumes"] = [f"{name}-workspace:{WORKSPACE}"]
             volumes[f"{name}-workspace"] = {}
+            _expose_metrics(service, config)
             deploy = _deploy(node)
             if deploy:
                 service["deploy"] = deploy
@@ -182,6 +193,7 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
     )
     gateway_service["ports"] = [f"{p}:{p}" for p in gateway.ports]
     gateway_service["networks"] = [network]
+    _expose_metrics(gateway_service, gateway)
     # Order only: the gateway waits for the executors itself (up to timeout_ready).
     gateway_service["depends_on"] = {name: {"condition": "service_started"} for name in services}
     services["gateway"] = gateway_service

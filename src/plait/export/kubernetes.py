@@ -34,6 +34,7 @@ from plait.export.common import (
     dns_label,
     dump_documents,
     gateway_config,
+    metrics_port,
     probe_port,
     process_env,
     replica_config,
@@ -161,8 +162,23 @@ def _workload(
     container: dict[str, Any],
     grace_period: float,
     volumes: list[dict[str, Any]],
+    metrics: int | None,
 ) -> list[dict[str, Any]]:
     """A ConfigMap holding the process's config and the Deployment that runs it."""
+    annotations = {"plait/config-hash": config_hash(config_text)}
+    if metrics is not None:
+        # The convention Prometheus' Kubernetes service discovery is usually configured with.
+        annotations.update(
+            {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(metrics),
+                "prometheus.io/path": "/metrics",
+            }
+        )
+        container["ports"] = [
+            *container["ports"],
+            {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
+        ]
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -182,7 +198,7 @@ def _workload(
                 # A changed config changes the pod template, so `kubectl apply` rolls the pods.
                 "metadata": {
                     "labels": labels,
-                    "annotations": {"plait/config-hash": config_hash(config_text)},
+                    "annotations": annotations,
                 },
                 "spec": {
                     # SIGTERM starts the drain (grace_period); SIGKILL comes only after it.
@@ -215,7 +231,8 @@ def _executor_objects(ctx: _Context, group: ShardGroup) -> list[dict[str, Any]]:
     labels = ctx.labels(group.name, "executor", extra)
     # Every pod of a shard runs the same config (replica_id 0): on Kubernetes replicas are
     # interchangeable and the Deployment, not plait, counts them.
-    text = config_json(replica_config(ctx.flow, group, 0, options))
+    config = replica_config(ctx.flow, group, 0, options)
+    text = config_json(config)
     container = _container(
         ctx,
         name="executor",
@@ -246,6 +263,7 @@ def _executor_objects(ctx: _Context, group: ShardGroup) -> list[dict[str, Any]]:
             # Scratch space that lives as long as the pod; mount a PersistentVolumeClaim here for
             # state that must outlive it.
             volumes=[{"name": "workspace", "emptyDir": {}}],
+            metrics=metrics_port(config),
         ),
         _service(ctx, group.name, labels, [service_port], headless=True),
     ]
@@ -330,6 +348,7 @@ def _gateway_objects(ctx: _Context, groups: list[ShardGroup]) -> list[dict[str, 
             container=container,
             grace_period=config.options.grace_period,
             volumes=volumes,
+            metrics=metrics_port(config),
         ),
         _service(ctx, "gateway", labels, service_ports, headless=False),
     ]

@@ -13,6 +13,8 @@ DEFAULT_IMAGE = f"plait:{__version__}"
 """The base image the repository's ``Dockerfile`` builds (``docker build -t plait:<version> .``)."""
 EXECUTOR_PORT = 8080
 """The port every executor listens on inside its own container."""
+METRICS_PORT = 9090
+"""The port every exported process serves Prometheus ``/metrics`` on, inside its container."""
 DEFAULT_MAX_CONNECTION_AGE = 300.0
 """Seconds before an exported server asks its callers to reconnect (and so to resolve again)."""
 
@@ -26,6 +28,14 @@ class ExportOptions(FrozenModel):
     )
     gateway_image: str = Field(default=DEFAULT_IMAGE, description="image of the gateway (plait alone)")
     executor_port: int = Field(default=EXECUTOR_PORT, ge=1, le=65535, description="in-container port")
+    monitoring: bool = Field(
+        default=True,
+        description="every process serves Prometheus metrics on `monitoring_port` (an executor's own "
+        "`port_monitoring` wins); False: only where the Flow turns `monitoring` on",
+    )
+    monitoring_port: int = Field(
+        default=METRICS_PORT, ge=1, le=65535, description="in-container port of /metrics"
+    )
     max_connection_age: float | None = Field(
         default=DEFAULT_MAX_CONNECTION_AGE,
         gt=0,
