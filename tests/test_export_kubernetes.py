@@ -3,20 +3,30 @@ kubernetes-validate ships, and the objects say what the Flow says."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import posixpath
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import plait_cmd, subprocess_env
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from kubernetes_validate.utils import latest_version
+from security_support import Certs, Stack, gateway_stack, make_certs
 from typer.testing import CliRunner
 
 from plait import Flow
 from plait.cli.main import app
-from plait.config import GatewayConfig, ReplicaConfig
+from plait.config import GatewayConfig, MutualTLS, ReplicaConfig, ServerOptions
 from plait.errors import ConfigError
 from plait.export import KubernetesOptions, kubernetes_manifests
 from plait.export.common import dump_documents
@@ -343,3 +353,290 @@ def test_every_pod_serves_metrics_that_prometheus_finds_by_annotation() -> None:
             "traces_exporter_host": "otel",
             "traces_exporter_port": 4317,
         }
+
+
+# -- TLS: Secrets mounted where the configs look, probes that speak TLS ---------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("export-certs"))
+
+
+def tls_flow(certs: Certs, *, gateway: bool = True, internal: bool = True, **kwargs: Any) -> Flow:
+    security: dict[str, Any] = {}
+    if gateway:
+        security.update(ssl_certfile=certs.server.cert, ssl_keyfile=certs.server.key, ssl_ca_file=certs.ca)
+    if internal:
+        security["internal_tls"] = MutualTLS(
+            ca_file=certs.ca, certfile=certs.client.cert, keyfile=certs.client.key
+        )
+    return (
+        Flow(name="secure", **{"protocol": ["grpc", "http"], **security, **kwargs})
+        .add(name="encoder", uses="executors:Echo", replicas=2)
+        .add(name="indexer", uses="executors:ShardCounter", shards=2)
+    )
+
+
+def pod_of(files: dict[str, list[dict[str, Any]]], name: str) -> dict[str, Any]:
+    pod: dict[str, Any] = by_kind(files, "Deployment")[name]["spec"]["template"]["spec"]
+    return pod
+
+
+def tls_paths(config: dict[str, Any]) -> list[str]:
+    """Every TLS file a process's config names."""
+    paths = [config.get("options", {}).get(k) for k in ("ssl_certfile", "ssl_keyfile")]
+    mtls = config.get("internal_tls") or {}
+    paths += [mtls.get(k) for k in ("ca_file", "certfile", "keyfile")]
+    return [p for p in paths if p]
+
+
+def mounted_from(pod: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret, key) whose file the pod's container sees at ``path``; fails when none does."""
+    (container,) = pod["containers"]
+    folder, name = posixpath.split(path)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert secret["defaultMode"] == 0o440
+    (item,) = [i for i in secret["items"] if i["path"] == name]
+    return secret["secretName"], item["key"]
+
+
+def pem_texts(certs: Certs) -> list[str]:
+    files = [certs.ca, certs.server.cert, certs.server.key, certs.client.cert, certs.client.key]
+    return [Path(f).read_text().strip() for f in files]
+
+
+def test_tls_files_are_mounted_from_secrets_where_the_configs_name_them(certs: Certs) -> None:
+    options = KubernetesOptions(tls_secret="shop-tls", internal_tls_secret="shop-mtls")
+    files = kubernetes_manifests(tls_flow(certs).config, options)
+    assert validate_all(files) >= 9
+    text = dump_documents([o for docs in files.values() for o in docs])
+    for pem in pem_texts(certs):
+        assert pem not in text
+    assert "-----BEGIN" not in text and certs.server.key not in text, "names of Secrets, never files"
+    expected = {
+        "/etc/plait-tls/gateway/tls.crt": ("shop-tls", "tls.crt"),
+        "/etc/plait-tls/gateway/tls.key": ("shop-tls", "tls.key"),
+        "/etc/plait-tls/internal/ca.crt": ("shop-mtls", "ca.crt"),
+        "/etc/plait-tls/internal/tls.crt": ("shop-mtls", "tls.crt"),
+        "/etc/plait-tls/internal/tls.key": ("shop-mtls", "tls.key"),
+    }
+    for name in ("encoder", "indexer-0", "indexer-1", "gateway"):
+        config, pod = config_of(files, name), pod_of(files, name)
+        paths = tls_paths(config)
+        assert len(paths) == (5 if name == "gateway" else 3), name
+        for path in paths:
+            assert mounted_from(pod, path) == expected[path], (name, path)
+        # Secret files are root's with mode 0440: the image's user reads them as the pod's fsGroup.
+        assert pod["securityContext"]["fsGroup"] == 10001
+        assert pod["securityContext"]["runAsNonRoot"] is True
+    gateway = GatewayConfig.model_validate(config_of(files, "gateway"))
+    assert gateway.options.ssl_certfile == "/etc/plait-tls/gateway/tls.crt"
+    assert (
+        gateway.internal_tls is not None and gateway.internal_tls.ca_file == "/etc/plait-tls/internal/ca.crt"
+    )
+    replica = ReplicaConfig.model_validate(config_of(files, "indexer-1"))
+    assert replica.internal_tls is not None
+    assert replica.internal_tls.keyfile == "/etc/plait-tls/internal/tls.key"
+    # The defaults, and executors never get the gateway's own key.
+    files = kubernetes_manifests(tls_flow(certs).config)
+    assert mounted_from(pod_of(files, "gateway"), "/etc/plait-tls/gateway/tls.key") == (
+        "plait-tls",
+        "tls.key",
+    )
+    secrets = {v["secret"]["secretName"] for v in pod_of(files, "encoder")["volumes"] if "secret" in v}
+    assert secrets == {"plait-internal-tls"}
+
+
+def test_tls_processes_are_probed_by_plait_ping_and_plain_ones_natively(certs: Certs) -> None:
+    files = kubernetes_manifests(tls_flow(certs).config, KubernetesOptions(namespace="prod"))
+    for name in ("encoder", "indexer-1"):
+        container = pod_of(files, name)["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "grpc" not in container[probe]
+            assert container[probe]["timeoutSeconds"] >= 5
+        command = container["readinessProbe"]["exec"]["command"]
+        mtls = config_of(files, name)["internal_tls"]
+        # Its own certificate (a caller must present one) and the name the gateway checks.
+        assert command == [
+            "plait", "ping", "127.0.0.1:8080",
+            "--ca-file", mtls["ca_file"], "--cert-file", mtls["certfile"], "--key-file", mtls["keyfile"],
+            "--server-name", f"{name}.prod.svc", "--timeout", "3",
+        ]  # fmt: skip
+    gateway = pod_of(files, "gateway")["containers"][0]
+    assert gateway["livenessProbe"]["exec"]["command"] == [
+        "plait", "ping", "grpcs://127.0.0.1:8080",
+        "--ca-file", "/etc/plait-tls/gateway/tls.crt", "--any-server-name", "--timeout", "3",
+    ]  # fmt: skip
+    # internal_tls.server_name is what the gateway checks, so the probes check it too.
+    named = tls_flow(
+        certs,
+        internal=False,
+        internal_tls={"ca_file": "ca", "certfile": "c", "keyfile": "k", "server_name": "plait.internal"},
+    )
+    command = pod_of(kubernetes_manifests(named.config), "encoder")["containers"][0]["startupProbe"]["exec"][
+        "command"
+    ]
+    assert command[command.index("--server-name") + 1] == "plait.internal"
+
+    # TLS on the gateway only: executors are probed natively and mount nothing.
+    files = kubernetes_manifests(tls_flow(certs, internal=False).config)
+    validate_all(files)
+    encoder = pod_of(files, "encoder")
+    assert encoder["containers"][0]["readinessProbe"]["grpc"] == {"port": 8080}
+    assert [v["name"] for v in encoder["volumes"]] == ["config", "workspace"]
+    assert "fsGroup" not in encoder["securityContext"]
+    assert "exec" in pod_of(files, "gateway")["containers"][0]["readinessProbe"]
+    # Mutual TLS only: the gateway's own port is plain (native probe) but it mounts the mTLS files.
+    files = kubernetes_manifests(tls_flow(certs, gateway=False).config)
+    validate_all(files)
+    gateway_pod = pod_of(files, "gateway")
+    assert gateway_pod["containers"][0]["readinessProbe"]["grpc"] == {"port": 8080}
+    assert mounted_from(gateway_pod, "/etc/plait-tls/internal/tls.crt") == ("plait-internal-tls", "tls.crt")
+    assert "exec" in pod_of(files, "encoder")["containers"][0]["readinessProbe"]
+    # An HTTP-only TLS gateway: the kubelet's own HTTPS probes.
+    files = kubernetes_manifests(tls_flow(certs, protocol="http").config)
+    validate_all(files)
+    gateway = pod_of(files, "gateway")["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080, "scheme": "HTTPS"}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080, "scheme": "HTTPS"}
+
+
+def test_without_tls_nothing_is_mounted_and_probes_stay_native() -> None:
+    files = kubernetes_manifests(rich_flow().config)
+    text = dump_documents([o for docs in files.values() for o in docs])
+    assert "plait-tls" not in text and "fsGroup" not in text and "exec:" not in text
+
+
+def test_the_cli_names_the_tls_secrets(certs: Certs, tmp_path: Path) -> None:
+    flow_yml = tmp_path / "flow.yml"
+    tls_flow(certs).save_config(flow_yml)
+    out = tmp_path / "k8s"
+    args = ["--tls-secret", "edge-cert", "--internal-tls-secret", "mesh-cert"]
+    result = CliRunner().invoke(app, ["export", "kubernetes", str(flow_yml), str(out), *args])
+    assert result.exit_code == 0, result.output
+    files = {p.name: list(yaml.safe_load_all(p.read_text())) for p in sorted(out.iterdir())}
+    validate_all(files)
+    gateway = pod_of(files, "gateway")
+    assert mounted_from(gateway, "/etc/plait-tls/gateway/tls.crt") == ("edge-cert", "tls.crt")
+    assert mounted_from(gateway, "/etc/plait-tls/internal/ca.crt") == ("mesh-cert", "ca.crt")
+    text = "".join(p.read_text() for p in out.iterdir())
+    for pem in pem_texts(certs):
+        assert pem not in text
+
+
+# -- the probes an export writes, run against real TLS servers -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_stack(certs: Certs) -> Iterator[Stack]:
+    """A TLS gateway (gRPC and HTTP) in front of a mutual-TLS executor, on 127.0.0.1."""
+    options = ServerOptions(ssl_certfile=certs.server.cert, ssl_keyfile=certs.server.key, grace_period=0.5)
+    with gateway_stack(options, internal_tls=certs.mutual_tls(), protocols=("grpc", "http")) as stack:
+        yield stack
+
+
+def secret_files(certs: Certs) -> dict[str, str]:
+    """What the Secrets would hold: the in-container paths, and the real files here."""
+    return {
+        "/etc/plait-tls/gateway/tls.crt": certs.server.cert,
+        "/etc/plait-tls/gateway/tls.key": certs.server.key,
+        "/etc/plait-tls/internal/ca.crt": certs.ca,
+        "/etc/plait-tls/internal/tls.crt": certs.server.cert,
+        "/etc/plait-tls/internal/tls.key": certs.server.key,
+    }
+
+
+def run_probe(argv: list[str], files: dict[str, str], *replace: tuple[str, str]) -> int:
+    """Run a probe's command as the container would, with its files where they are here."""
+    args = []
+    for arg in argv:
+        for old, new in (*files.items(), *replace):
+            arg = arg.replace(old, new)
+        args.append(arg)
+    assert args[0] == "plait"
+    command = plait_cmd(*args[1:])
+    return subprocess.run(command, env=subprocess_env(), capture_output=True, timeout=60).returncode
+
+
+@pytest.mark.timeout(120)
+def test_the_exported_exec_probes_pass_against_real_tls_servers(certs: Certs, tls_stack: Stack) -> None:
+    mtls = {"ca_file": certs.ca, "certfile": certs.client.cert, "keyfile": certs.client.key}
+    flow = tls_flow(
+        certs,
+        internal=False,
+        internal_tls={**mtls, "server_name": "localhost"},  # a name the test certificate carries
+        port=[tls_stack.ports["grpc"], tls_stack.ports["http"]],
+    )
+    options = KubernetesOptions(executor_port=tls_stack.executor_port, monitoring=False)
+    files = kubernetes_manifests(flow.config, options)
+    real = secret_files(certs)
+    gateway = pod_of(files, "gateway")["containers"][0]["readinessProbe"]["exec"]["command"]
+    executor = pod_of(files, "encoder")["containers"][0]["readinessProbe"]["exec"]["command"]
+    assert run_probe(gateway, real) == 0
+    assert run_probe(executor, real) == 0
+    # Failures wait out the probe's timeout ("--timeout", "3", last): 1 s is enough here.
+    # The gateway's probe trusts only its own certificate.
+    wrong = {**real, "/etc/plait-tls/gateway/tls.crt": certs.other_ca}
+    assert run_probe([*gateway[:-1], "1"], wrong) == 1
+    # An executor refuses a probe whose certificate another CA signed, or that expects another name.
+    rogue = {
+        **real,
+        "/etc/plait-tls/internal/tls.crt": certs.rogue.cert,
+        "/etc/plait-tls/internal/tls.key": certs.rogue.key,
+    }
+    assert run_probe([*executor[:-1], "1"], rogue) == 1
+    assert run_probe([*executor[:-1], "1"], real, ("localhost", "encoder.secure.svc")) == 1
+    # A TLS probe fails against a plain server.
+    with gateway_stack(ServerOptions(grace_period=0.5), protocols=("grpc",)) as plain:
+        target = (f"127.0.0.1:{tls_stack.ports['grpc']}", f"127.0.0.1:{plain.ports['grpc']}")
+        assert run_probe([*gateway[:-1], "1"], real, target) == 1
+
+
+def public_certificate(certs: Certs, folder: Path, name: str) -> tuple[str, str]:
+    """A certificate (and key) the test CA signed for ``name`` alone, not 127.0.0.1: a gateway's
+    certificate as it is in production."""
+    ca = x509.load_pem_x509_certificate(Path(certs.ca).read_bytes())
+    ca_key = serialization.load_pem_private_key(Path(certs.ca).with_suffix(".key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "public.pem", folder / "public.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["api.example.com", "*.example.com"])
+def test_the_gateway_probe_passes_when_its_certificate_names_a_public_host_only(
+    certs: Certs, tmp_path: Path, name: str
+) -> None:
+    cert, key = public_certificate(certs, tmp_path, name)
+    options = ServerOptions(ssl_certfile=cert, ssl_keyfile=key, grace_period=0.5)
+    with gateway_stack(options, protocols=("grpc",)) as stack:
+        flow = Flow(port=stack.ports["grpc"], ssl_certfile=cert, ssl_keyfile=key).add(uses="executors:Echo")
+        files = kubernetes_manifests(flow.config, KubernetesOptions(monitoring=False))
+        probe = pod_of(files, "gateway")["containers"][0]["readinessProbe"]["exec"]["command"]
+        assert run_probe(probe, {"/etc/plait-tls/gateway/tls.crt": cert}) == 0
+        # What --any-server-name is for: 127.0.0.1 is not a name the certificate carries.
+        strict = [arg for arg in probe if arg != "--any-server-name"]
+        assert run_probe([*strict[:-1], "1"], {"/etc/plait-tls/gateway/tls.crt": cert}) == 1

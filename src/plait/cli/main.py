@@ -197,13 +197,21 @@ def ping(
     server_name: Annotated[
         str | None, typer.Option(help="Name to expect in the server's certificate (default: HOST).")
     ] = None,
+    any_server_name: Annotated[
+        bool,
+        typer.Option(
+            help="Accept whatever name the server's certificate carries, once the certificate checks "
+            "out against --ca-file (which may be that certificate itself): a probe on 127.0.0.1 of a "
+            "server whose certificate names its public host."
+        ),
+    ] = False,
 ) -> None:
     """Check that a plait server is up and SERVING; exit code 1 when it is not. Health needs no
     token; a server under mutual TLS (an executor) needs --ca-file, --cert-file and --key-file."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    tls = tls or target.startswith("grpcs://") or bool(ca_file or cert_file)
+    tls = tls or any_server_name or target.startswith("grpcs://") or bool(ca_file or cert_file)
     credentials = None
     if tls:
         from plait.security.tls import grpc_channel_credentials
@@ -217,6 +225,8 @@ def ping(
     for attempt in range(max(1, attempts)):
         if attempt:
             time.sleep(min(1.0, timeout))
+        if credentials and any_server_name and not server_name:
+            server_name = _certificate_name(address, ca_file, cert_file, key_file, timeout)
         override = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         channel = (
             grpc.secure_channel(address, credentials, options=override)
@@ -236,6 +246,46 @@ def ping(
             return
     typer.secho(f"{address} is {status}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+def _certificate_name(
+    address: str, ca_file: str | None, cert_file: str | None, key_file: str | None, timeout: float
+) -> str | None:
+    """A name the certificate of the server at ``address`` carries, read over a TLS connection that
+    checks the certificate against ``ca_file`` but not its name; None when that fails (the gRPC
+    attempt then reports why)."""
+    import socket
+    import ssl
+
+    from plait.errors import PlaitError
+    from plait.security.tls import client_ssl_context
+
+    host, _, port = address.rpartition(":")
+    try:
+        context = client_ssl_context(ca_file, cert_file, key_file)
+        context.check_hostname = False
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a server's own certificate as the CA
+        context.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw) as connection,
+        ):
+            certificate: dict[str, Any] = dict(connection.getpeercert() or {})
+    except (OSError, ValueError, PlaitError):
+        return None
+    alternatives = [(str(kind), str(value)) for kind, value in certificate.get("subjectAltName", ())]
+    dns = [value for kind, value in alternatives if kind == "DNS"]
+    exact = [value for value in dns if not value.startswith("*.")]
+    if exact or dns:
+        # A wildcard (*.example.com) matches any one label in its place.
+        return exact[0] if exact else "probe" + dns[0][1:]
+    addresses = [value for kind, value in alternatives if kind == "IP Address"]
+    if addresses:
+        return addresses[0]
+    common = [
+        str(value) for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
+    return common[0] if common else None
 
 
 export_app = typer.Typer(
@@ -275,6 +325,16 @@ def export_kubernetes(
         bool, typer.Option(help="Every process serves Prometheus /metrics (on by default in exports).")
     ] = True,
     monitoring_port: Annotated[int, typer.Option(help="In-container port of /metrics.")] = 9090,
+    tls_secret: Annotated[
+        str,
+        typer.Option(help="Secret with the gateway's certificate and key (keys tls.crt, tls.key), if TLS."),
+    ] = "plait-tls",
+    internal_tls_secret: Annotated[
+        str,
+        typer.Option(
+            help="Secret with the mutual-TLS files (keys ca.crt, tls.crt, tls.key), if internal_tls."
+        ),
+    ] = "plait-internal-tls",
 ) -> None:
     """Write the Kubernetes objects that run a Flow (apply with `kubectl apply -f OUTPUT_DIR`).
 
@@ -287,6 +347,8 @@ def export_kubernetes(
         "env_from_secrets": tuple(secret or ()),
         "monitoring": monitoring,
         "monitoring_port": monitoring_port,
+        "tls_secret": tls_secret,
+        "internal_tls_secret": internal_tls_secret,
     }
     options.update({k: v for k, v in (("image", image), ("gateway_image", gateway_image)) if v})
     with _clean_errors():

@@ -6,6 +6,11 @@ Every exported process runs the command a local Flow runs, ``plait executor|gate
 ``FlowConfig.gateway_config``, as locally). Only the placement differs: in a container an executor
 binds ``0.0.0.0`` on one fixed port, its workspace is ``/workspace``, and the gateway reaches each
 shard by one DNS name that resolves to all of the shard's replicas.
+
+TLS files (the gateway's certificate and key, the mutual-TLS CA, certificate and key) are never
+part of an export: each process's config names them at a fixed path under ``/etc/plait-tls``, where
+the export mounts them from a Secret (Kubernetes) or a host file (Compose ``secrets:``). Health
+checks of TLS processes run ``plait ping`` with the same files, since the native probes cannot.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from plait.config import (
     FrozenModel,
     GatewayConfig,
     GatewayExecutor,
+    MutualTLS,
     Observability,
     ReplicaConfig,
 )
@@ -44,6 +50,21 @@ ENTRYPOINT = "plait"
 SHUTDOWN_MARGIN_S = 5
 """Seconds a container gets beyond its grace period: the drain notice, ``Executor.close()``, exit."""
 FIRST_GATEWAY_PORT = 8080
+TLS_DIR = "/etc/plait-tls"
+"""Where the TLS files appear in a container; beside the config's folder, not inside it (a mount
+inside a read-only ConfigMap mount cannot be made)."""
+GATEWAY_TLS_DIR = f"{TLS_DIR}/gateway"
+"""The gateway's own certificate and key (``ssl_certfile``/``ssl_keyfile``)."""
+INTERNAL_TLS_DIR = f"{TLS_DIR}/internal"
+"""Mutual TLS between the gateway and the executors (``internal_tls``): in every container."""
+TLS_CA = "ca.crt"
+TLS_CERT = "tls.crt"
+TLS_KEY = "tls.key"
+"""File names in those folders, which are also the keys of the Kubernetes Secrets they come from
+(those of a ``kubernetes.io/tls`` Secret)."""
+PROBE_HOST = "127.0.0.1"
+PING_TIMEOUT_S = 3
+"""Seconds a ``plait ping`` health check waits for the answer (the check itself gets more)."""
 _CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 _LABEL_MAX = 63
 
@@ -131,6 +152,37 @@ def observability(flow: FlowConfig, node: FlowExecutorConfig | None, options: Ex
     )
 
 
+def gateway_tls_files(flow: FlowConfig) -> dict[str, str]:
+    """The gateway's certificate and key as the Flow names them (host paths), by their file name in
+    :data:`GATEWAY_TLS_DIR`; empty when the gateway serves no TLS."""
+    options = flow.options
+    if options.ssl_certfile is None or options.ssl_keyfile is None:
+        return {}
+    return {TLS_CERT: options.ssl_certfile, TLS_KEY: options.ssl_keyfile}
+
+
+def internal_tls_files(flow: FlowConfig) -> dict[str, str]:
+    """The mutual-TLS CA, certificate and key as the Flow names them (host paths), by their file
+    name in :data:`INTERNAL_TLS_DIR`; empty without ``internal_tls``."""
+    mtls = flow.internal_tls
+    if mtls is None:
+        return {}
+    return {TLS_CA: mtls.ca_file, TLS_CERT: mtls.certfile, TLS_KEY: mtls.keyfile}
+
+
+def container_internal_tls(mtls: MutualTLS | None) -> MutualTLS | None:
+    """``internal_tls`` as a container sees it: the files in :data:`INTERNAL_TLS_DIR`."""
+    if mtls is None:
+        return None
+    return mtls.model_copy(
+        update={
+            "ca_file": f"{INTERNAL_TLS_DIR}/{TLS_CA}",
+            "certfile": f"{INTERNAL_TLS_DIR}/{TLS_CERT}",
+            "keyfile": f"{INTERNAL_TLS_DIR}/{TLS_KEY}",
+        }
+    )
+
+
 def replica_config(
     flow: FlowConfig, group: ShardGroup, replica_id: int, options: ExportOptions
 ) -> ReplicaConfig:
@@ -143,6 +195,7 @@ def replica_config(
         host="0.0.0.0",
         port=options.executor_port,
         max_connection_age=options.max_connection_age,
+        internal_tls=container_internal_tls(flow.internal_tls),
         observe=_own_port(observability(flow, group.node, options), options.executor_port, group.name),
     )
 
@@ -184,7 +237,12 @@ def gateway_config(
         )
         for node in flow.executors
     )
-    server_options = flow.options.model_copy(update={"max_connection_age": options.max_connection_age})
+    update: dict[str, Any] = {"max_connection_age": options.max_connection_age}
+    if gateway_tls_files(flow):
+        update.update(
+            ssl_certfile=f"{GATEWAY_TLS_DIR}/{TLS_CERT}", ssl_keyfile=f"{GATEWAY_TLS_DIR}/{TLS_KEY}"
+        )
+    server_options = flow.options.model_copy(update=update)
     ports = gateway_ports(flow)
     observe = observability(flow, None, options)
     if observe.monitoring and observe.port_monitoring in ports:
@@ -192,7 +250,14 @@ def gateway_config(
             f"gateway: its metrics port {observe.port_monitoring} is also one of its ports {ports}; "
             "pick another"
         )
-    return flow.gateway_config(routes, host="0.0.0.0", ports=ports, options=server_options, observe=observe)
+    return flow.gateway_config(
+        routes,
+        host="0.0.0.0",
+        ports=ports,
+        options=server_options,
+        internal_tls=container_internal_tls(flow.internal_tls),
+        observe=observe,
+    )
 
 
 def metrics_port(config: ReplicaConfig | GatewayConfig) -> int | None:
@@ -235,6 +300,48 @@ def probe_port(config: GatewayConfig) -> tuple[str, int]:
         if protocol == "grpc":
             return protocol, port
     return config.protocols[0], config.ports[0]
+
+
+def executor_ping(config: ReplicaConfig, dialed_name: str) -> list[str]:
+    """argv of the health check of an executor from inside its container. In the clear: ``plait
+    ping`` (Kubernetes probes such an executor natively). Under mutual TLS it presents the
+    process's own certificate and expects the name the gateway checks, ``internal_tls.server_name``
+    or else ``dialed_name``, the host the gateway dials."""
+    argv = [ENTRYPOINT, "ping", f"{PROBE_HOST}:{config.port}"]
+    mtls = config.internal_tls
+    if mtls is None:
+        return argv
+    return [
+        *argv,
+        "--ca-file",
+        mtls.ca_file,
+        "--cert-file",
+        mtls.certfile,
+        "--key-file",
+        mtls.keyfile,
+        "--server-name",
+        mtls.server_name or dialed_name,
+        "--timeout",
+        str(PING_TIMEOUT_S),
+    ]
+
+
+def gateway_ping(config: GatewayConfig, port: int) -> list[str]:
+    """argv of the health check of a TLS gateway's gRPC port from inside its container: it trusts
+    exactly the gateway's own certificate and takes whatever name that carries (a public host name
+    rather than 127.0.0.1)."""
+    if config.options.ssl_certfile is None:
+        raise ValueError("the gateway serves no TLS: its probes need no plait ping")
+    return [
+        ENTRYPOINT,
+        "ping",
+        f"grpcs://{PROBE_HOST}:{port}",
+        "--ca-file",
+        config.options.ssl_certfile,
+        "--any-server-name",
+        "--timeout",
+        str(PING_TIMEOUT_S),
+    ]
 
 
 class _Dumper(yaml.SafeDumper):

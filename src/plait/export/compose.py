@@ -4,6 +4,9 @@ running ``plait executor|gateway --config`` with its serialized config, as a loc
 The replicas of a shard share a network alias (the shard's name), which Docker's DNS resolves to
 all of them; the gateway dials ``dns:///<alias>:<port>`` and balances with gRPC ``round_robin``,
 exactly as on Kubernetes, where the alias is a headless Service.
+
+TLS files are Compose ``secrets:`` read from the host files the Flow names, mounted read-only
+where the configs name them (``/etc/plait-tls/...``); healthchecks of TLS processes speak TLS.
 """
 
 from __future__ import annotations
@@ -18,12 +21,20 @@ from plait.errors import ConfigError
 from plait.export.common import (
     CONFIG_PATH,
     ENTRYPOINT,
+    GATEWAY_TLS_DIR,
+    INTERNAL_TLS_DIR,
+    PING_TIMEOUT_S,
+    PROBE_HOST,
     WORKSPACE,
     balanced_address,
     config_json,
     dns_label,
     dump_documents,
+    executor_ping,
     gateway_config,
+    gateway_ping,
+    gateway_tls_files,
+    internal_tls_files,
     metrics_port,
     probe_port,
     process_env,
@@ -124,6 +135,43 @@ def _service(
     return service
 
 
+_SECRET_ROLES = {"ca.crt": "ca", "tls.crt": "cert", "tls.key": "key"}
+
+
+def _tls_secrets(prefix: str, folder: str, files: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Compose secrets of TLS files: name → (the Flow's host path, the path in the container). A
+    relative host path is made absolute against the current directory, where a local run of the
+    Flow reads it (Compose would take it relative to the Compose file's folder)."""
+    return {
+        f"{prefix}-{_SECRET_ROLES[name]}": (os.path.abspath(path), f"{folder}/{name}")
+        for name, path in files.items()
+    }
+
+
+def _mount_secrets(service: dict[str, Any], secrets: dict[str, tuple[str, str]]) -> None:
+    if secrets:
+        service["secrets"] = [{"source": name, "target": target} for name, (_, target) in secrets.items()]
+
+
+def _gateway_check(gateway: GatewayConfig) -> list[str]:
+    """The gateway's healthcheck: ``plait ping`` on its gRPC port, else GET /ready; over TLS when it
+    serves TLS, trusting exactly its own certificate under whatever name that carries."""
+    protocol, port = probe_port(gateway)
+    tls_cert = gateway.options.ssl_certfile
+    if protocol == "grpc":
+        return gateway_ping(gateway, port) if tls_cert else [ENTRYPOINT, "ping", f"{PROBE_HOST}:{port}"]
+    if tls_cert is None:
+        url = f"http://{PROBE_HOST}:{port}/ready"
+        return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=3)"]
+    url = f"https://{PROBE_HOST}:{port}/ready"
+    code = (
+        f"import ssl, urllib.request; c = ssl.create_default_context(cafile={tls_cert!r}); "
+        "c.check_hostname = False; c.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN; "
+        f"urllib.request.urlopen({url!r}, timeout={PING_TIMEOUT_S}, context=c)"
+    )
+    return ["python", "-c", code]
+
+
 def _expose_metrics(service: dict[str, Any], config: ReplicaConfig | GatewayConfig) -> None:
     """A process's /metrics port, reachable from the project's network (a Prometheus service
     added to it scrapes ``<service>:<port>``), not published on the host."""
@@ -142,6 +190,8 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
     volumes: dict[str, Any] = {}
     addresses: dict[str, list[str]] = {}
     taken = {"gateway"}
+    internal = _tls_secrets("internal-tls", INTERNAL_TLS_DIR, internal_tls_files(flow))
+    public = _tls_secrets("gateway-tls", GATEWAY_TLS_DIR, gateway_tls_files(flow))
     for group in shard_groups(flow):
         node = group.node
         addresses.setdefault(node.name, []).append(balanced_address(group.name, port))
@@ -160,9 +210,10 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
                 command="executor",
                 config_name=f"{name}-config",
                 env=process_env(flow, node),
-                healthcheck=[ENTRYPOINT, "ping", f"127.0.0.1:{port}"],
+                healthcheck=executor_ping(config, group.name),
                 grace_period=flow.options.grace_period,
             )
+            _mount_secrets(service, internal)
             # The shard's name resolves to every replica; the gateway balances over them.
             aliases = [group.name] if name != group.name else []
             service["networks"] = {network: {"aliases": aliases}} if aliases else [network]
@@ -175,12 +226,6 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
             services[name] = service
     gateway = gateway_config(flow, addresses, options)
     configs["gateway-config"] = {"content": _literal(config_json(gateway))}
-    protocol, probe = probe_port(gateway)
-    if protocol == "grpc":
-        check = [ENTRYPOINT, "ping", f"127.0.0.1:{probe}"]
-    else:
-        url = f"http://127.0.0.1:{probe}/ready"
-        check = ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=3)"]
     gateway_service = _service(
         flow,
         options,
@@ -188,9 +233,10 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
         command="gateway",
         config_name="gateway-config",
         env=process_env(flow, None),
-        healthcheck=check,
+        healthcheck=_gateway_check(gateway),
         grace_period=gateway.options.grace_period,
     )
+    _mount_secrets(gateway_service, {**public, **internal})
     gateway_service["ports"] = [f"{p}:{p}" for p in gateway.ports]
     gateway_service["networks"] = [network]
     _expose_metrics(gateway_service, gateway)
@@ -205,6 +251,11 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
     }
     if volumes:
         project["volumes"] = volumes
+    if public or internal:
+        # Read from the host when the project starts; the file names, never the contents.
+        project["secrets"] = {
+            name: {"file": _literal(path)} for name, (path, _) in {**public, **internal}.items()
+        }
     return project
 
 

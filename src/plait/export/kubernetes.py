@@ -10,6 +10,11 @@ client-side ``round_robin``, so each call goes to the next ready pod; a pod that
 leaves the rotation at once (gRPC health checks). Servers close connections after
 ``max_connection_age``; the gateway then resolves the name again and finds pods that came up in
 the meantime. No service mesh is needed.
+
+TLS files come from Secrets the user creates (``tls_secret``, ``internal_tls_secret``), mounted
+read-only where the configs name them; the export holds their names, never their contents. Native
+``grpc`` probes cannot speak TLS, so TLS processes are probed by ``plait ping`` (an ``exec`` probe)
+with those files, or an HTTP-only TLS gateway by ``httpGet`` over HTTPS.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from plait.export.common import (
     CONFIG_FILE,
     CONFIG_PATH,
     ENTRYPOINT,
+    GATEWAY_TLS_DIR,
+    INTERNAL_TLS_DIR,
+    PING_TIMEOUT_S,
     WORKSPACE,
     ShardGroup,
     balanced_address,
@@ -33,7 +41,11 @@ from plait.export.common import (
     config_json,
     dns_label,
     dump_documents,
+    executor_ping,
     gateway_config,
+    gateway_ping,
+    gateway_tls_files,
+    internal_tls_files,
     metrics_port,
     probe_port,
     process_env,
@@ -47,6 +59,12 @@ NAMESPACE_FILE = "00-namespace.yml"
 """Listed first, so ``kubectl apply -f <dir>`` creates the namespace before what lives in it."""
 GATEWAY_FILE = "gateway.yml"
 PROBE_PERIOD_S = 5
+EXEC_PROBE_TIMEOUT_S = PING_TIMEOUT_S + 2
+"""Seconds an ``exec`` probe (``plait ping``) gets: its own wait plus the interpreter's start."""
+SECRET_MODE = 0o440
+FS_GROUP = 10001
+"""The group of the image's user (see the Dockerfile): given to pods that mount Secrets, whose
+files are then readable by that group and nobody else."""
 _WAIT_FOREVER_PROBES = 720  # startup attempts when timeout_ready < 0: an hour at PROBE_PERIOD_S
 
 
@@ -78,8 +96,12 @@ class _Context:
             **(extra or {}),
         }
 
+    def host(self, group: ShardGroup) -> str:
+        """The DNS name of a shard's headless Service: what the gateway dials."""
+        return f"{group.name}.{self.namespace}.svc"
+
     def address(self, group: ShardGroup) -> str:
-        return balanced_address(f"{group.name}.{self.namespace}.svc", self.options.executor_port)
+        return balanced_address(self.host(group), self.options.executor_port)
 
     def startup_attempts(self) -> int:
         timeout = self.flow.timeout_ready
@@ -101,6 +123,36 @@ def _probes(check: dict[str, Any], live_check: dict[str, Any], startup_attempts:
 def _grpc_check(port: int) -> dict[str, Any]:
     # Kubernetes' native gRPC probe asks the standard grpc.health.v1 service every server runs.
     return {"grpc": {"port": port}}
+
+
+def _exec_check(argv: list[str]) -> dict[str, Any]:
+    # A native gRPC probe speaks no TLS; `plait ping` in the container does, with its files.
+    return {"exec": {"command": argv}, "timeoutSeconds": EXEC_PROBE_TIMEOUT_S}
+
+
+def _tls_secret(
+    name: str, secret: str, folder: str, files: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The read-only mount and the Secret volume that put ``files`` (their names, which are the
+    Secret's keys) into ``folder``."""
+    volume = {
+        "name": name,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": key} for key in files],
+            "defaultMode": SECRET_MODE,
+        },
+    }
+    return {"name": name, "mountPath": folder, "readOnly": True}, volume
+
+
+def _internal_tls(ctx: _Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mounts and volumes of the mutual-TLS files, in every pod when the Flow has ``internal_tls``."""
+    files = internal_tls_files(ctx.flow)
+    if not files:
+        return [], []
+    mount, volume = _tls_secret("internal-tls", ctx.options.internal_tls_secret, INTERNAL_TLS_DIR, files)
+    return [mount], [volume]
 
 
 def _resources(node: FlowExecutorConfig, options: KubernetesOptions) -> dict[str, Any]:
@@ -179,6 +231,10 @@ def _workload(
             *container["ports"],
             {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
         ]
+    pod_security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if any("secret" in volume for volume in volumes):
+        # Secret files are root's, mode 0440: the image's user reads them through this group.
+        pod_security["fsGroup"] = FS_GROUP
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -203,7 +259,7 @@ def _workload(
                 "spec": {
                     # SIGTERM starts the drain (grace_period); SIGKILL comes only after it.
                     "terminationGracePeriodSeconds": termination_grace(grace_period),
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": pod_security,
                     "containers": [container],
                     "volumes": [{"name": "config", "configMap": {"name": f"{name}-config"}}, *volumes],
                 },
@@ -233,6 +289,12 @@ def _executor_objects(ctx: _Context, group: ShardGroup) -> list[dict[str, Any]]:
     # interchangeable and the Deployment, not plait, counts them.
     config = replica_config(ctx.flow, group, 0, options)
     text = config_json(config)
+    if config.internal_tls is None:
+        probes = _probes(_grpc_check(port), _grpc_check(port), ctx.startup_attempts())
+    else:
+        check = _exec_check(executor_ping(config, ctx.host(group)))
+        probes = _probes(check, check, ctx.startup_attempts())
+    tls_mounts, tls_volumes = _internal_tls(ctx)
     container = _container(
         ctx,
         name="executor",
@@ -240,9 +302,9 @@ def _executor_objects(ctx: _Context, group: ShardGroup) -> list[dict[str, Any]]:
         command="executor",
         ports=[{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
         env=process_env(ctx.flow, node),
-        probes=_probes(_grpc_check(port), _grpc_check(port), ctx.startup_attempts()),
+        probes=probes,
         resources=_resources(node, options),
-        mounts=[{"name": "workspace", "mountPath": WORKSPACE}],
+        mounts=[{"name": "workspace", "mountPath": WORKSPACE}, *tls_mounts],
     )
     service_port = {
         "name": "grpc",
@@ -262,7 +324,7 @@ def _executor_objects(ctx: _Context, group: ShardGroup) -> list[dict[str, Any]]:
             grace_period=ctx.flow.options.grace_period,
             # Scratch space that lives as long as the pod; mount a PersistentVolumeClaim here for
             # state that must outlive it.
-            volumes=[{"name": "workspace", "emptyDir": {}}],
+            volumes=[{"name": "workspace", "emptyDir": {}}, *tls_volumes],
             metrics=metrics_port(config),
         ),
         _service(ctx, group.name, labels, [service_port], headless=True),
@@ -307,13 +369,26 @@ def _gateway_objects(ctx: _Context, groups: list[ShardGroup]) -> list[dict[str, 
         addresses.setdefault(group.node.name, []).append(ctx.address(group))
     config = gateway_config(ctx.flow, addresses, ctx.options)
     protocol, port = probe_port(config)
+    tls = config.options.tls
     if protocol == "grpc":
-        probes = _probes(_grpc_check(port), _grpc_check(port), ctx.startup_attempts())
+        check = _exec_check(gateway_ping(config, port)) if tls else _grpc_check(port)
+        probes = _probes(check, check, ctx.startup_attempts())
     else:
-        ready = {"httpGet": {"path": "/ready", "port": port}}
-        probes = _probes(ready, {"httpGet": {"path": "/health", "port": port}}, ctx.startup_attempts())
+        # The kubelet's HTTPS probes do not check the certificate: any name, any CA will do.
+        scheme = {"scheme": "HTTPS"} if tls else {}
+        ready = {"httpGet": {"path": "/ready", "port": port, **scheme}}
+        live = {"httpGet": {"path": "/health", "port": port, **scheme}}
+        probes = _probes(ready, live, ctx.startup_attempts())
     ports = list(zip(config.protocols, config.ports, strict=True))
     mounts, volumes, secret_env = _auth_from_secret(config.options, ctx.options.auth_secret)
+    files = gateway_tls_files(ctx.flow)
+    if files:
+        mount, volume = _tls_secret("gateway-tls", ctx.options.tls_secret, GATEWAY_TLS_DIR, files)
+        mounts.append(mount)
+        volumes.append(volume)
+    internal_mounts, internal_volumes = _internal_tls(ctx)
+    mounts.extend(internal_mounts)
+    volumes.extend(internal_volumes)
     container = _container(
         ctx,
         name="gateway",

@@ -77,6 +77,21 @@ class KubernetesOptions(ExportOptions):
         "created by you (`kubectl create secret generic plait-auth --from-file=tokens=FILE`): mounted "
         "at the Flow's `auth_token_file`, or read into its `auth_token_env` variable",
     )
+    tls_secret: str = Field(
+        default="plait-tls",
+        description="Secret holding the gateway's certificate and key under the keys `tls.crt` and "
+        "`tls.key` (a kubernetes.io/tls Secret: `kubectl create secret tls plait-tls --cert=FILE "
+        "--key=FILE`), mounted read-only in the gateway's pod where its config names "
+        "`ssl_certfile`/`ssl_keyfile` (/etc/plait-tls/gateway); used when the Flow has TLS",
+    )
+    internal_tls_secret: str = Field(
+        default="plait-internal-tls",
+        description="Secret holding the mutual-TLS CA, certificate and key under the keys `ca.crt`, "
+        "`tls.crt` and `tls.key` (`kubectl create secret generic plait-internal-tls "
+        "--from-file=ca.crt=FILE --from-file=tls.crt=FILE --from-file=tls.key=FILE`), mounted "
+        "read-only in every pod where the configs' `internal_tls` names them "
+        "(/etc/plait-tls/internal); used when the Flow has `internal_tls`",
+    )
 
 
 class ComposeOptions(ExportOptions):
