@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from plait import Flow
 from plait.client.loop_thread import LoopThread
 from plait.config import (
     ExecutorConfig,
@@ -142,6 +144,22 @@ def make_token(folder: Path) -> tuple[str, str]:
     path = folder / "tokens"
     path.write_text(f"# rotated monthly\n{token}\n{secrets.token_urlsafe(24)}\n", encoding="utf-8")
     return str(path), token
+
+
+def tls_flow(certs: Certs, *, gateway: bool = True, internal: bool = True, **kwargs: Any) -> Flow:
+    """A Flow to export with TLS on the gateway and/or mutual TLS inside (replicas and shards)."""
+    security: dict[str, Any] = {}
+    if gateway:
+        security.update(ssl_certfile=certs.server.cert, ssl_keyfile=certs.server.key, ssl_ca_file=certs.ca)
+    if internal:
+        security["internal_tls"] = MutualTLS(
+            ca_file=certs.ca, certfile=certs.client.cert, keyfile=certs.client.key
+        )
+    return (
+        Flow(name="secure", **{"protocol": ["grpc", "http"], **security, **kwargs})
+        .add(name="encoder", uses="executors:Echo", replicas=2)
+        .add(name="indexer", uses="executors:ShardCounter", shards=2)
+    )
 
 
 @dataclass

@@ -15,12 +15,12 @@ import jsonschema
 import pytest
 import yaml
 from conftest import plait_cmd, subprocess_env
-from security_support import Certs, Stack, gateway_stack, make_certs
+from security_support import Certs, Stack, gateway_stack, make_certs, tls_flow
 from typer.testing import CliRunner
 
 from plait import Flow
 from plait.cli.main import app
-from plait.config import GatewayConfig, MutualTLS, ReplicaConfig, ServerOptions
+from plait.config import GatewayConfig, ReplicaConfig, ServerOptions
 from plait.errors import ConfigError
 from plait.export import ComposeOptions, compose_project
 from plait.export.common import dump_documents
@@ -192,21 +192,6 @@ def test_every_service_exposes_its_metrics_port_to_the_network() -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("compose-certs"))
-
-
-def tls_flow(certs: Certs, *, gateway: bool = True, internal: bool = True, **kwargs: Any) -> Flow:
-    security: dict[str, Any] = {}
-    if gateway:
-        security.update(ssl_certfile=certs.server.cert, ssl_keyfile=certs.server.key)
-    if internal:
-        security["internal_tls"] = MutualTLS(
-            ca_file=certs.ca, certfile=certs.client.cert, keyfile=certs.client.key
-        )
-    return (
-        Flow(name="secure", **{"protocol": ["grpc", "http"], **security, **kwargs})
-        .add(name="encoder", uses="executors:Echo", replicas=2)
-        .add(name="indexer", uses="executors:ShardCounter", shards=2)
-    )
 
 
 def service_config(project: dict[str, Any], name: str) -> dict[str, Any]:

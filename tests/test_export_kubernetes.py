@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes_validate.utils import latest_version
-from security_support import Certs, Stack, gateway_stack, make_certs
+from security_support import Certs, Stack, gateway_stack, make_certs, tls_flow
 from typer.testing import CliRunner
 
 from plait import Flow
 from plait.cli.main import app
-from plait.config import GatewayConfig, MutualTLS, ReplicaConfig, ServerOptions
+from plait.config import GatewayConfig, ReplicaConfig, ServerOptions
 from plait.errors import ConfigError
 from plait.export import KubernetesOptions, kubernetes_manifests
 from plait.export.common import dump_documents
@@ -361,21 +361,6 @@ def test_every_pod_serves_metrics_that_prometheus_finds_by_annotation() -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("export-certs"))
-
-
-def tls_flow(certs: Certs, *, gateway: bool = True, internal: bool = True, **kwargs: Any) -> Flow:
-    security: dict[str, Any] = {}
-    if gateway:
-        security.update(ssl_certfile=certs.server.cert, ssl_keyfile=certs.server.key, ssl_ca_file=certs.ca)
-    if internal:
-        security["internal_tls"] = MutualTLS(
-            ca_file=certs.ca, certfile=certs.client.cert, keyfile=certs.client.key
-        )
-    return (
-        Flow(name="secure", **{"protocol": ["grpc", "http"], **security, **kwargs})
-        .add(name="encoder", uses="executors:Echo", replicas=2)
-        .add(name="indexer", uses="executors:ShardCounter", shards=2)
-    )
 
 
 def pod_of(files: dict[str, list[dict[str, Any]]], name: str) -> dict[str, Any]:
