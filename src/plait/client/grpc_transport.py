@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -9,8 +11,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from plait.client.grpc_mux import StreamMux
 from plait.client.transport import Call, EndpointDescription, Reply, ServiceDescription, Transport
-from plait.errors import PlaitError, UnavailableError
+from plait.errors import DeadlineExceededError, PlaitError, UnavailableError, error_from_details
 from plait.security.client import ClientSecurity
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
@@ -42,12 +45,7 @@ class GrpcTransport(Transport):
         self._check_open()
         if self._channel is not None:
             return
-        channel = open_channel(
-            self.addresses,
-            self.max_message_size,
-            credentials=self.security.grpc_credentials(),
-            server_name=self.security.server_name,
-        )
+        channel = self._open_channel(self.addresses)
         self._channel = channel
         self._process = channel.unary_unary(
             _METHOD + "Process",
@@ -65,11 +63,41 @@ class GrpcTransport(Transport):
             response_deserializer=pb.DescribeResponse.FromString,
         )
         self._health = health_pb2_grpc.HealthStub(channel)
+        # Unary calls go as messages of ProcessStream calls (grpc_mux), one per address, each on
+        # a channel of its own so that every address gets one whatever is connected first.
+        self._lane_channels = (
+            [channel] if len(self.addresses) == 1 else [self._open_channel([a]) for a in self.addresses]
+        )
+        metadata = self._metadata
+        openers = [
+            functools.partial(
+                c.stream_stream(
+                    _METHOD + "ProcessStream",
+                    request_serializer=pb.Request.SerializeToString,
+                    response_deserializer=pb.Response.FromString,
+                ),
+                metadata=metadata,
+            )
+            for c in self._lane_channels
+        ]
+        self._mux = StreamMux(openers)
+
+    def _open_channel(self, addresses: Sequence[str]) -> grpc.aio.Channel:
+        return open_channel(
+            addresses,
+            self.max_message_size,
+            credentials=self.security.grpc_credentials(),
+            server_name=self.security.server_name,
+        )
 
     async def close(self) -> None:
         self._closed = True
         if self._channel is not None:
             channel, self._channel = self._channel, None
+            await self._mux.close()
+            for lane_channel in self._lane_channels:
+                if lane_channel is not channel:
+                    await lane_channel.close()
             await channel.close()
 
     def _error(self, err: grpc.RpcError) -> PlaitError:
@@ -95,6 +123,30 @@ class GrpcTransport(Transport):
     async def call(self, call: Call, timeout: float | None = None) -> Reply:
         await self.open()
         request = self._request(call)
+        if call.metadata:  # per-request metadata (a trace context): a call of its own
+            return await self._unary(call, request, timeout)
+        try:
+            # As a message of a long-lived stream (see grpc_mux); one that never reached a server
+            # (refused, none ready, draining) is sent again, on a new stream.
+            response = await with_retries(lambda left: self._on_lane(request, left), timeout=timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        if response.error:
+            raise error_from_details(json.loads(response.error))
+        return Reply(response.request_id or call.request_id, response.docs, _loads(response.parameters))
+
+    async def _on_lane(self, request: pb.Request, timeout: float | None) -> pb.Response:
+        request.timeout = timeout or 0.0  # the server enforces it (and cancels downstream)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._mux.request(request)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"no response from {', '.join(self.addresses)} within the timeout of {timeout}s",
+                timeout=timeout,
+            ) from None
+
+    async def _unary(self, call: Call, request: pb.Request, timeout: float | None) -> Reply:
         try:
             # A call that never reached a replica (refused, none ready) goes to the next one.
             metadata = self._call_metadata(call)

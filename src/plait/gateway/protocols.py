@@ -52,6 +52,7 @@ class GrpcServer(ProtocolServer):
     def __init__(self, processor: Processor, host: str, port: int, options: ServerOptions) -> None:
         super().__init__(processor, host, port, options)
         self._server: grpc.aio.Server | None = None
+        self._servicer: PlaitServicer | None = None
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> None:
@@ -65,7 +66,8 @@ class GrpcServer(ProtocolServer):
             options=[*options, *grpc_limit_options(self.options)],
             interceptors=grpc_interceptors(self.options),
         )
-        add_plait_servicer(PlaitServicer(self.processor), server)
+        self._servicer = PlaitServicer(self.processor)
+        add_plait_servicer(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             add_port(server, f"{self.host}:{self.port}", self.options)
@@ -86,6 +88,8 @@ class GrpcServer(ProtocolServer):
 
     async def stop(self, grace: float) -> None:
         await self._health.enter_graceful_shutdown()
+        if self._servicer is not None:
+            self._servicer.begin_drain()
         if self._server is not None:
             await self._server.stop(grace)
 

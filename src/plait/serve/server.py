@@ -24,7 +24,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from plait.config import ReplicaConfig
-from plait.errors import ExecutorError, PlaitError, StartupError
+from plait.errors import (
+    BadRequestError,
+    DeadlineExceededError,
+    ExecutorError,
+    PlaitError,
+    StartupError,
+    UnavailableError,
+)
 from plait.executor.loader import expand_yaml_uses, load_executor
 from plait.observe.instruments import Instruments
 from plait.observe.tracing import incoming, trace_headers
@@ -62,6 +69,16 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         self.handler = processor
         self._description = processor.describe()
         self._trace_context = bool(getattr(processor, "wants_trace_context", False))
+        self._draining = False
+        self._streams: set[Callable[[], None]] = set()
+
+    def begin_drain(self) -> None:
+        """Shutting down: every ``ProcessStream`` refuses new requests (UNAVAILABLE, "server is
+        shutting down", which callers send again elsewhere) and ends once its requests in flight
+        are answered, so the server's stop need not wait out its grace period for open streams."""
+        self._draining = True
+        for wake in list(self._streams):
+            wake()
 
     async def Process(self, request: pb.Request | MalformedMessage, context: Any) -> pb.Response:
         if isinstance(request, MalformedMessage):
@@ -89,20 +106,33 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
             await abort_with(context, e)
 
     async def ProcessStream(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.Response]:
+        """Requests as messages of one long-lived call (how plait's gRPC client sends unary calls):
+        each runs concurrently (up to ``STREAM_WINDOW`` per stream) under its own ``timeout`` and
+        the stream's deadline; a ``cancel`` message stops the request it names, unanswered. A failed
+        request is answered with ``error``; the stream goes on. When the caller goes away, every
+        request of the stream is cancelled."""
         if self._trace_context:
             incoming.set(trace_headers(context.invocation_metadata() or ()))
         queue: asyncio.Queue[pb.Response | PlaitError | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
+        running: dict[str, asyncio.Task[None]] = {}
+        drained = False
+
+        def end_if_drained() -> None:
+            nonlocal drained
+            if self._draining and not running and not drained:
+                drained = True
+                queue.put_nowait(None)
 
         async def one(request: pb.Request) -> None:
             try:
-                response = await self.handler.process(request, timeout=_remaining(context))
-            except PlaitError as e:
-                details = json.dumps(e.to_details(), default=str).encode()
-                response = pb.Response(request_id=request.request_id, error=details)
+                response = await self._one_of_stream(request, context)
             finally:
                 window.release()
+                if running.get(request.request_id) is asyncio.current_task():
+                    del running[request.request_id]
             await queue.put(response)
+            end_if_drained()
 
         async def read_all() -> None:
             try:
@@ -111,20 +141,51 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                         if isinstance(request, MalformedMessage):  # its id is unknown: end the call
                             await queue.put(request.error)
                             return
+                        if request.cancel:  # the caller gave up on this one: stop its work
+                            task = running.pop(request.request_id, None)
+                            if task is not None:
+                                task.cancel()
+                            continue
+                        if self._draining:
+                            await queue.put(_shutting_down(request.request_id))
+                            continue
                         await window.acquire()
-                        tasks.create_task(one(request))
+                        running[request.request_id] = tasks.create_task(one(request))
             finally:
                 await queue.put(None)
 
+        self._streams.add(end_if_drained)
         reader = asyncio.create_task(read_all())
         try:
+            end_if_drained()
             while (item := await queue.get()) is not None:
                 if isinstance(item, PlaitError):
                     await abort_with(context, item)
                 yield item
-            await reader
+            if not drained:
+                await reader
         finally:
+            self._streams.discard(end_if_drained)
             reader.cancel()
+
+    async def _one_of_stream(self, request: pb.Request, context: Any) -> pb.Response:
+        """One request of a ``ProcessStream``: its response, or one that carries its error."""
+        own = request.timeout
+        try:
+            if own < 0 or own != own:  # negative or NaN
+                raise BadRequestError(f"timeout must be a positive number of seconds, got {own}")
+            left = _remaining(context)
+            timeout = own if own and (left is None or own < left) else left
+            try:
+                async with asyncio.timeout(own or None):
+                    return await self.handler.process(request, timeout=timeout)
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"no response within the request's timeout of {own}s", timeout=own
+                ) from None
+        except PlaitError as e:
+            details = json.dumps(e.to_details(), default=str).encode()
+            return pb.Response(request_id=request.request_id, error=details)
 
     async def Describe(
         self, request: pb.DescribeRequest | MalformedMessage, context: Any
@@ -132,6 +193,11 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         if isinstance(request, MalformedMessage):
             await abort_with(context, request.error)
         return self._description
+
+
+def _shutting_down(request_id: str) -> pb.Response:
+    error = UnavailableError("server is shutting down: send the request again, to another replica")
+    return pb.Response(request_id=request_id, error=json.dumps(error.to_details()).encode())
 
 
 def server_options(
@@ -172,6 +238,7 @@ class ExecutorServer:
         self.instruments: Instruments | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._servicer: PlaitServicer | None = None
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
         self.exit_reason: str | None = None
@@ -229,7 +296,8 @@ class ExecutorServer:
                 instruments.metrics.watch_batch_queue(self.name, self.handler.batch_pending)
             processor = instruments.wrap(processor)
             self.metrics_port = instruments.serve_metrics(cfg.host)
-        add_plait_servicer(PlaitServicer(processor), server)
+        self._servicer = PlaitServicer(processor)
+        add_plait_servicer(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = internal_server_credentials(cfg.internal_tls) if cfg.internal_tls else None
         for host, port in self._addresses():
@@ -279,6 +347,8 @@ class ExecutorServer:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await asyncio.sleep(min(DRAIN_NOTICE_S, self.config.grace_period))
+            if self._servicer is not None:
+                self._servicer.begin_drain()
             await self._server.stop(self.config.grace_period)
         if self.handler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.handler.close)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix", "timeout")
+    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix", "timeout", "cancel")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class Request(_message.Message):
     DOCS_FIELD_NUMBER: _ClassVar[int]
     DOCS_MATRIX_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     parameters: bytes
@@ -22,7 +23,8 @@ class Request(_message.Message):
     docs: bytes
     docs_matrix: _containers.RepeatedScalarFieldContainer[bytes]
     timeout: float
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ..., timeout: _Optional[float] = ...) -> None: ...
+    cancel: bool
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ..., timeout: _Optional[float] = ..., cancel: _Optional[bool] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("request_id", "docs", "parameters", "error")

@@ -74,7 +74,8 @@ class PlaitServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProcessStream(self, request_iterator, context):
-        """Many requests pipelined over one stream; responses carry the request_id they answer.
+        """Many requests pipelined over one stream; responses carry the request_id they answer, in the
+        order they finish. A failed request gets a Response with `error`; the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

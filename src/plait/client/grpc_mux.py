@@ -1,0 +1,257 @@
+"""Unary calls carried as messages of long-lived ``ProcessStream`` calls.
+
+A unary gRPC call in grpc.aio costs a call object, an HTTP/2 stream, headers both ways and a task
+on each side; a message on a stream that is already open costs one frame each way. So the gRPC
+client sends each request as one ``plait.v1.Request`` message on a ``ProcessStream`` (a *lane*) and
+matches the ``plait.v1.Response`` that answers it by ``request_id``: same server, same processing,
+about half the per-request CPU on both ends.
+
+What a unary call gives is kept:
+
+- **deadline**: the request's ``timeout`` travels in the message and the server enforces it; the
+  client stops waiting at the same time.
+- **cancellation**: a caller that gives up (cancelled, or timed out) sends a ``cancel`` message
+  naming the request, and the server cancels its work downstream; a client that goes away ends
+  the lane, which cancels everything still running on it.
+- **errors**: a failed request is answered with the error's details; the lane goes on.
+- **failover**: a lane that could not be opened (refused, no replica ready) fails its requests
+  with UNAVAILABLE "never started"; they are sent again on a new lane (``with_retries``).
+- **balancing**: one lane per server address (each on a channel of its own), picked in turn,
+  passing over for a moment an address that refused one; a lane is replaced after
+  ``LANE_MAX_AGE`` seconds (so a client follows new replicas behind DNS, as a server's maximum
+  connection age asks) and closed after ``LANE_IDLE`` seconds with nothing in flight (so an idle
+  client holds no call open and servers can close idle connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from plait.wire import plait_pb2 as pb
+from plait.wire.retry import never_started
+
+log = logging.getLogger("plait.client")
+
+LANE_MAX_AGE = 60.0
+"""Seconds a lane takes new requests; then a new one opens (the old one finishes what it has)."""
+LANE_IDLE = 20.0
+"""Seconds a lane stays open with nothing in flight."""
+
+_END_WAIT_S = 1.0
+"""How long a failed write waits for the call's status before giving the call up."""
+
+OpenStream = Callable[[], Any]
+"""Opens one ``ProcessStream`` call (a ``grpc.aio.StreamStreamCall`` with no request iterator)."""
+
+
+class _Lane:
+    """One ``ProcessStream`` call and the reader task that routes its responses."""
+
+    def __init__(self, open_stream: OpenStream) -> None:
+        self.rpc = open_stream()
+        self.pending: dict[str, asyncio.Future[pb.Response]] = {}
+        self.opened = time.monotonic()
+        self.dead = False
+        self.retiring = False
+        self.error: grpc.RpcError | None = None
+        self._write_lock = asyncio.Lock()
+        self._ids = itertools.count()
+        self._idle: asyncio.TimerHandle | None = None
+        self._reader = asyncio.create_task(self._read(), name="plait-grpc-lane")
+
+    def usable(self, now: float) -> bool:
+        return not self.dead and not self.retiring and now - self.opened < LANE_MAX_AGE
+
+    async def request(self, request: pb.Request) -> pb.Response:
+        """Send ``request`` and wait for its response; raises ``grpc.RpcError`` if the lane ends first."""
+        rid = request.request_id
+        if not rid or rid in self.pending:  # ids must be unique on a lane: make one up
+            rid = f"~{next(self._ids)}"
+            request.request_id = rid
+        future: asyncio.Future[pb.Response] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = future
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        sent = False
+        try:
+            if self.retiring or self.dead:
+                raise _not_sent("the stream is closing")
+            try:
+                async with self._write_lock:
+                    await self.rpc.write(request)
+            except (asyncio.InvalidStateError, grpc.aio.UsageError, grpc.RpcError):
+                # The write failed, so the request never left: the call's end says why (refused,
+                # unauthenticated... or just closed, when the server ended it as we wrote).
+                raise await self._ended() from None
+            sent = True
+            response = await future
+        finally:
+            if future.done() and not future.cancelled():
+                future.exception()  # seen here, whether or not it was awaited (the write failed)
+            if self.pending.pop(rid, None) is not None and sent and not self.dead:
+                # The caller gave up (cancelled, timed out) while the server works on it: stop that.
+                self._cancel_remote(rid)
+            self._maybe_idle()
+        if response.error and _SHUTTING_DOWN in response.error:
+            self.retire()  # never started there: the caller sends it again, on a new lane
+            raise _not_sent("server is shutting down")
+        return response
+
+    def _cancel_remote(self, rid: str) -> None:
+        async def send_cancel() -> None:
+            with contextlib.suppress(Exception):
+                async with self._write_lock:
+                    await self.rpc.write(pb.Request(request_id=rid, cancel=True))
+
+        asyncio.get_running_loop().create_task(send_cancel())
+
+    async def _ended(self) -> grpc.RpcError:
+        if self.retiring:
+            return _not_sent("the stream is closing")
+        await asyncio.wait({self._reader}, timeout=_END_WAIT_S)
+        if not self._reader.done():
+            self.rpc.cancel()  # a call that failed a write but did not end: give it up
+            await asyncio.wait({self._reader}, timeout=_END_WAIT_S)
+        error = self.error
+        if error is not None and error.code() not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+            return error  # refused (unreachable, unauthenticated...): as a unary call would be
+        return _not_sent("the stream ended")
+
+    async def _read(self) -> None:
+        error: grpc.RpcError
+        try:
+            while True:
+                response = await self.rpc.read()
+                if response is grpc.aio.EOF:
+                    # The server ends a stream only once every request it read is answered: what
+                    # is still pending was never read.
+                    error = _not_sent("the server closed the stream (shutting down?)")
+                    break
+                future = self.pending.pop(response.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+                if self.retiring and not self.pending:
+                    await self._close_writing()
+        except grpc.RpcError as e:
+            error = e
+        except asyncio.CancelledError:
+            error = _LaneEnded(grpc.StatusCode.CANCELLED, "the client closed")
+        except Exception as e:  # never leave callers waiting on a dead reader
+            log.exception("gRPC lane reader failed")
+            error = _LaneEnded(grpc.StatusCode.UNAVAILABLE, f"stream reader failed: {e!r}")
+        self.dead = True
+        self.error = error
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def retire(self) -> None:
+        """Take no new requests; close once the ones in flight are answered."""
+        self.retiring = True
+        if not self.pending:
+            asyncio.get_running_loop().create_task(self._close_writing())
+
+    def _maybe_idle(self) -> None:
+        if not self.pending and not self.dead and self._idle is None:
+            self._idle = asyncio.get_running_loop().call_later(LANE_IDLE, self.retire)
+
+    async def _close_writing(self) -> None:
+        with contextlib.suppress(Exception):
+            async with self._write_lock:
+                await self.rpc.done_writing()
+
+    async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self.rpc.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+class _LaneEnded(grpc.RpcError):  # type: ignore[misc]
+    """A lane's end, as the ``grpc.RpcError`` a unary call would have raised."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return ()
+
+
+_SHUTTING_DOWN = b"server is shutting down"
+"""In the error a draining server answers requests with that it did not start (serve/server.py)."""
+
+
+def _not_sent(why: str) -> _LaneEnded:
+    # "no ready" marks it as never started (plait.wire.retry): it is sent again on a new lane.
+    return _LaneEnded(grpc.StatusCode.UNAVAILABLE, f"no ready stream to send the request on: {why}")
+
+
+DOWN_S = 1.0
+"""Seconds an address whose lane could not be opened is passed over (while another is up)."""
+
+
+class StreamMux:
+    """One lane per server address (its own channel), used in turn; an address that refused a
+    lane is skipped for ``DOWN_S`` seconds while others are up."""
+
+    def __init__(self, openers: Sequence[OpenStream]) -> None:
+        self._openers = list(openers)
+        self._lanes: list[_Lane | None] = [None] * len(self._openers)
+        self._down_until = [0.0] * len(self._openers)
+        self._next = 0
+        self._retired: set[_Lane] = set()
+
+    def _pick(self, now: float) -> int:
+        count = len(self._lanes)
+        for step in range(count):
+            i = (self._next + step) % count
+            if self._down_until[i] <= now:
+                self._next = i + 1
+                return i
+        i = self._next % count  # all down: try anyway, in turn
+        self._next = i + 1
+        return i
+
+    async def request(self, request: pb.Request) -> pb.Response:
+        now = time.monotonic()
+        i = self._pick(now)
+        lane = self._lanes[i]
+        if lane is None or not lane.usable(now):
+            if lane is not None and not lane.dead:
+                lane.retire()
+                self._retired = {old for old in self._retired if not old.dead}
+                self._retired.add(lane)
+            lane = self._lanes[i] = _Lane(self._openers[i])
+        try:
+            return await lane.request(request)
+        except grpc.RpcError as e:
+            if never_started(e) and lane.dead:
+                self._down_until[i] = time.monotonic() + DOWN_S
+            raise
+
+    async def close(self) -> None:
+        lanes, self._lanes = [*self._lanes, *self._retired], [None] * len(self._lanes)
+        self._retired = set()
+        for lane in lanes:
+            if lane is not None:
+                await lane.close()

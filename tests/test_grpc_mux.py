@@ -1,0 +1,306 @@
+"""The gRPC client's unary calls as messages of long-lived ProcessStream calls (client/grpc_mux.py),
+against the gateway's real gRPC server (gateway/protocols.py) serving a scripted processor.
+
+Each unary call keeps what a gRPC unary call gives: its deadline (enforced by the server, which
+then cancels the work), cancellation by the caller, per-request errors, failover for requests that
+never started (a draining server), and the stream is given up when idle or old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from plait._loop import new_event_loop
+from plait.client import grpc_mux
+from plait.client.grpc_transport import GrpcTransport
+from plait.client.transport import Call
+from plait.config import ServerOptions
+from plait.errors import DeadlineExceededError, SchemaError, UnavailableError
+from plait.gateway.protocols import GrpcServer
+from plait.orchestrate.process import free_port
+from plait.serve.server import PlaitServicer
+from plait.wire import plait_pb2 as pb
+
+pytestmark = pytest.mark.timeout(60)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+def in_loop(test: F) -> Callable[..., None]:
+    """Run an async test in a fresh event loop (plait's loop policy), cancelling what it leaves."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        loop = new_event_loop()
+        try:
+            loop.run_until_complete(asyncio.wait_for(test(*args, **kwargs), 45))
+        finally:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.close()
+
+    return run
+
+
+class Scripted:
+    """A processor whose behaviour each request's endpoint picks; it records what happened."""
+
+    name = "scripted"
+
+    def __init__(self, label: str = "a") -> None:
+        self.label = label
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.finished: list[str] = []
+        self.timeouts: list[float | None] = []
+        self.streams_open = 0
+        self.stream_calls = 0
+        self.unary_calls = 0
+
+    async def process(self, request: pb.Request, *, timeout: float | None = None) -> pb.Response:
+        self.started.append(request.request_id)
+        self.timeouts.append(timeout)
+        try:
+            if request.endpoint == "/slow":
+                await asyncio.sleep(float(json.loads(request.parameters or b"{}").get("s", 30)))
+            elif request.endpoint == "/bad":
+                raise SchemaError("field 'text' must be a string", field="$.data[0].text")
+        except asyncio.CancelledError:
+            self.cancelled.append(request.request_id)
+            raise
+        self.finished.append(request.request_id)
+        return pb.Response(request_id=request.request_id, docs=request.docs + self.label.encode())
+
+    async def stream(
+        self, request: pb.Request, *, timeout: float | None = None
+    ) -> AsyncIterator[pb.Response]:
+        yield await self.process(request, timeout=timeout)
+
+    def describe(self) -> pb.DescribeResponse:
+        return pb.DescribeResponse(name=self.name, kind="gateway")
+
+    def ready(self) -> bool:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def count_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count each server's ProcessStream and Process calls (and streams open) on its processor."""
+    stream, unary = PlaitServicer.ProcessStream, PlaitServicer.Process
+
+    async def counting_stream(
+        self: PlaitServicer, request_iterator: Any, context: Any
+    ) -> AsyncIterator[pb.Response]:
+        processor = self.handler
+        processor.stream_calls += 1
+        processor.streams_open += 1
+        try:
+            async for response in stream(self, request_iterator, context):
+                yield response
+        finally:
+            processor.streams_open -= 1
+
+    async def counting_unary(self: PlaitServicer, request: Any, context: Any) -> pb.Response:
+        self.handler.unary_calls += 1
+        return await unary(self, request, context)
+
+    monkeypatch.setattr(PlaitServicer, "ProcessStream", counting_stream)
+    monkeypatch.setattr(PlaitServicer, "Process", counting_unary)
+
+
+class Server:
+    def __init__(self, processor: Scripted) -> None:
+        self.processor = processor
+        self.port = free_port("127.0.0.1")
+        self.grpc = GrpcServer(processor, "127.0.0.1", self.port, ServerOptions())
+        self.address = f"127.0.0.1:{self.port}"
+
+    @property
+    def process_stream_calls(self) -> int:
+        return self.processor.stream_calls
+
+    @property
+    def unary_calls(self) -> int:
+        return self.processor.unary_calls
+
+    async def start(self) -> None:
+        await self.grpc.start()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.grpc.stop(grace)
+
+
+def call(endpoint: str, rid: str = "", **parameters: Any) -> Call:
+    return Call(endpoint=endpoint, docs=b"x", parameters=parameters, request_id=rid)
+
+
+async def started(server: Server) -> Server:
+    await server.start()
+    return server
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 2.0) -> bool:
+    """Whether ``condition()`` holds within ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+@contextlib.asynccontextmanager
+async def serving(*labels: str) -> AsyncIterator[tuple[list[Server], GrpcTransport]]:
+    """Servers (one per label; "a" by default) and a transport over all of them, closed after."""
+    servers = [await started(Server(Scripted(label))) for label in labels or ("a",)]
+    transport = GrpcTransport([server.address for server in servers])
+    try:
+        yield servers, transport
+    finally:
+        await transport.close()
+        for server in servers:
+            await server.stop()
+
+
+@in_loop
+async def test_many_calls_travel_as_messages_of_one_stream() -> None:
+    async with serving() as ([server], transport):
+        replies = await asyncio.gather(*(transport.call(call("/echo", f"r{i}")) for i in range(50)))
+        assert [r.request_id for r in replies] == [f"r{i}" for i in range(50)]
+        assert {r.docs for r in replies} == {b"xa"}
+        # Same ids twice at once, or none: still matched to the right caller.
+        twins = await asyncio.gather(
+            transport.call(call("/echo", "same")), transport.call(call("/echo", "same"))
+        )
+        assert [t.docs for t in twins] == [b"xa", b"xa"]
+        assert server.process_stream_calls == 1
+        assert server.unary_calls == 0
+
+
+@in_loop
+async def test_the_deadline_is_enforced_by_the_server_which_cancels_the_work() -> None:
+    async with serving() as ([server], transport):
+        with pytest.raises(DeadlineExceededError, match="timeout"):
+            await transport.call(call("/slow", "late", s=30), timeout=0.3)
+        assert await eventually(lambda: "late" in server.processor.cancelled)
+        assert server.processor.cancelled == ["late"]
+        assert server.processor.timeouts[0] is not None and 0 < server.processor.timeouts[0] <= 0.3
+        # The stream goes on.
+        assert (await transport.call(call("/echo", "next"), timeout=5)).docs == b"xa"
+        assert server.process_stream_calls == 1
+
+
+@in_loop
+async def test_a_caller_that_gives_up_cancels_the_work_on_the_server() -> None:
+    async with serving() as ([server], transport):
+        task = asyncio.create_task(transport.call(call("/slow", "abandoned", s=30)))
+        assert await eventually(lambda: bool(server.processor.started))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await eventually(lambda: bool(server.processor.cancelled))
+        assert server.processor.cancelled == ["abandoned"]
+        assert server.processor.finished == []
+
+
+@in_loop
+async def test_an_error_fails_only_its_request() -> None:
+    async with serving() as ([server], transport):
+        bad, good = await asyncio.gather(
+            transport.call(call("/bad", "bad")), transport.call(call("/echo", "good")), return_exceptions=True
+        )
+        assert isinstance(bad, SchemaError)
+        assert bad.details.get("field") == "$.data[0].text"
+        assert not isinstance(good, BaseException) and good.docs == b"xa"
+        assert server.process_stream_calls == 1
+
+
+@in_loop
+async def test_a_draining_server_finishes_its_requests_and_the_rest_go_elsewhere() -> None:
+    async with serving("a", "b") as ([a, _], transport):
+        # Both lanes open, one per server (round_robin over the two).
+        first = await asyncio.gather(*(transport.call(call("/echo", f"w{i}")) for i in range(10)))
+        assert {r.docs for r in first} == {b"xa", b"xb"}
+        # A request in flight on a's stream when it starts to drain is answered, and the drain does
+        # not wait out the grace period for the open stream.
+        in_flight = [
+            asyncio.create_task(transport.call(call("/slow", f"s{i}", s=0.5), timeout=10)) for i in range(2)
+        ]
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        stopping = asyncio.create_task(a.stop(grace=20))
+        await asyncio.sleep(0.05)
+        # Meanwhile every request succeeds: none lost to the draining server, which starts no new one.
+        a_started = len(a.processor.started)
+        during = await asyncio.gather(
+            *(transport.call(call("/echo", f"d{i}"), timeout=10) for i in range(20))
+        )
+        assert {r.docs for r in during} == {b"xb"}
+        assert len(a.processor.started) == a_started
+        done = await asyncio.gather(*in_flight)
+        assert sorted(r.docs for r in done) == [b"xa", b"xb"]
+        await stopping
+        assert loop.time() - t0 < 5, "the drain waited for the open stream"
+        after = await asyncio.gather(*(transport.call(call("/echo", f"x{i}"), timeout=10) for i in range(10)))
+        assert {r.docs for r in after} == {b"xb"}
+
+
+@in_loop
+async def test_an_idle_stream_is_closed_and_the_next_call_opens_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grpc_mux, "LANE_IDLE", 0.2)
+    async with serving() as ([server], transport):
+        await transport.call(call("/echo"))
+        assert server.processor.streams_open == 1
+        assert await eventually(lambda: server.processor.streams_open == 0), (
+            "an idle client still holds its stream open"
+        )
+        assert (await transport.call(call("/echo"), timeout=5)).docs == b"xa"
+        assert server.process_stream_calls == 2
+
+
+@in_loop
+async def test_an_old_stream_is_replaced_and_finishes_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grpc_mux, "LANE_MAX_AGE", 0.3)
+    async with serving() as ([server], transport):
+        slow = asyncio.create_task(transport.call(call("/slow", "old", s=0.6), timeout=10))
+        await asyncio.sleep(0.4)
+        assert (await transport.call(call("/echo"), timeout=5)).docs == b"xa"  # on a new stream
+        assert (await slow).docs == b"xa"  # the old one answered it
+        assert server.process_stream_calls == 2
+        assert await eventually(lambda: server.processor.streams_open == 1), (
+            "the replaced stream was not closed"
+        )
+
+
+@in_loop
+async def test_an_unreachable_server_is_unavailable_after_the_retries() -> None:
+    transport = GrpcTransport([f"127.0.0.1:{free_port('127.0.0.1')}"])
+    try:
+        with pytest.raises(UnavailableError):
+            await transport.call(call("/echo"), timeout=5)
+    finally:
+        await transport.close()
+
+
+@in_loop
+async def test_trace_context_goes_as_a_unary_call_of_its_own() -> None:
+    async with serving() as ([server], transport):
+        traced = Call(
+            endpoint="/echo",
+            docs=b"x",
+            request_id="t",
+            metadata=(("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"),),
+        )
+        assert (await transport.call(traced, timeout=5)).docs == b"xa"
+        assert server.unary_calls == 1 and server.process_stream_calls == 0
