@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -11,13 +9,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plait.client.grpc_mux import StreamMux
 from plait.client.transport import Call, EndpointDescription, Reply, ServiceDescription, Transport
-from plait.errors import DeadlineExceededError, PlaitError, UnavailableError, error_from_details
+from plait.errors import PlaitError, UnavailableError
 from plait.security.client import ClientSecurity
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
+from plait.wire.lanes import StreamMux, call_on_lanes, stream_opener
 from plait.wire.retry import with_retries
 
 _METHOD = f"/{SERVICE_NAME}/"
@@ -63,23 +61,12 @@ class GrpcTransport(Transport):
             response_deserializer=pb.DescribeResponse.FromString,
         )
         self._health = health_pb2_grpc.HealthStub(channel)
-        # Unary calls go as messages of ProcessStream calls (grpc_mux), one per address, each on
+        # Unary calls go as messages of ProcessStream calls (plait.wire.lanes), one per address, each on
         # a channel of its own so that every address gets one whatever is connected first.
         self._lane_channels = (
             [channel] if len(self.addresses) == 1 else [self._open_channel([a]) for a in self.addresses]
         )
-        metadata = self._metadata
-        openers = [
-            functools.partial(
-                c.stream_stream(
-                    _METHOD + "ProcessStream",
-                    request_serializer=pb.Request.SerializeToString,
-                    response_deserializer=pb.Response.FromString,
-                ),
-                metadata=metadata,
-            )
-            for c in self._lane_channels
-        ]
+        openers = [stream_opener(c, self._metadata) for c in self._lane_channels]
         self._mux = StreamMux(openers)
 
     def _open_channel(self, addresses: Sequence[str]) -> grpc.aio.Channel:
@@ -126,25 +113,14 @@ class GrpcTransport(Transport):
         if call.metadata:  # per-request metadata (a trace context): a call of its own
             return await self._unary(call, request, timeout)
         try:
-            # As a message of a long-lived stream (see grpc_mux); one that never reached a server
-            # (refused, none ready, draining) is sent again, on a new stream.
-            response = await with_retries(lambda left: self._on_lane(request, left), timeout=timeout)
+            # As a message of a long-lived stream (see plait.wire.lanes); one that never reached a
+            # server (refused, none ready, draining) is sent again, on a new stream.
+            response = await with_retries(
+                lambda left: call_on_lanes(self._mux, request, left), timeout=timeout
+            )
         except grpc.RpcError as e:
             raise self._error(e) from None
-        if response.error:
-            raise error_from_details(json.loads(response.error))
         return Reply(response.request_id or call.request_id, response.docs, _loads(response.parameters))
-
-    async def _on_lane(self, request: pb.Request, timeout: float | None) -> pb.Response:
-        request.timeout = timeout or 0.0  # the server enforces it (and cancels downstream)
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._mux.request(request)
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"no response from {', '.join(self.addresses)} within the timeout of {timeout}s",
-                timeout=timeout,
-            ) from None
 
     async def _unary(self, call: Call, request: pb.Request, timeout: float | None) -> Reply:
         try:

@@ -42,6 +42,7 @@ from plait.serve.handler import matches_target, parse_json_object
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
+from plait.wire.lanes import StreamMux, call_on_lanes, stream_opener
 from plait.wire.retry import with_retries
 
 log = logging.getLogger("plait.gateway")
@@ -60,11 +61,13 @@ class _Payload:
 
 
 class _Shard:
-    """One shard of an executor: a channel balancing over its replicas."""
+    """One shard of an executor: a channel balancing over its replicas, and one lane per replica
+    (plait.wire.lanes) that carries its unary calls as messages of a long-lived stream."""
 
     def __init__(self, addresses: Sequence[str], channel_kwargs: Mapping[str, Any] | None = None) -> None:
         self.addresses = tuple(addresses)
-        self.channel = open_channel(self.addresses, **(channel_kwargs or {}))
+        kwargs = dict(channel_kwargs or {})
+        self.channel = open_channel(self.addresses, **kwargs)
         self.process = self.channel.unary_unary(
             _METHOD + "Process",
             request_serializer=pb.Request.SerializeToString,
@@ -80,6 +83,33 @@ class _Shard:
             request_serializer=pb.DescribeRequest.SerializeToString,
             response_deserializer=pb.DescribeResponse.FromString,
         )
+        # A name that resolves to many replicas (dns:///...) is balanced per call by the channel;
+        # replicas named one by one each get a lane (on a channel of its own), used in turn.
+        self.lane_channels: list[grpc.aio.Channel] = []
+        self.lanes: StreamMux | None = None
+        if not any(a.startswith("dns:") for a in self.addresses):
+            self.lane_channels = (
+                [self.channel]
+                if len(self.addresses) == 1
+                else [open_channel([a], **kwargs) for a in self.addresses]
+            )
+            self.lanes = StreamMux([stream_opener(c) for c in self.lane_channels])
+
+    async def call(self, request: pb.Request, timeout: float | None, metadata: Any = None) -> pb.Response:
+        """One call (raises ``grpc.RpcError``): on a lane, or as a unary call when it carries
+        metadata of its own (a trace context) or the replicas are behind one name."""
+        if self.lanes is not None and metadata is None:
+            return await call_on_lanes(self.lanes, request, timeout)
+        response: pb.Response = await self.process(request, timeout=timeout, metadata=metadata)
+        return response
+
+    async def close(self) -> None:
+        if self.lanes is not None:
+            await self.lanes.close()
+        for channel in self.lane_channels:
+            if channel is not self.channel:
+                await channel.close()
+        await self.channel.close()
 
 
 class _Node:
@@ -210,7 +240,7 @@ class Router:
     async def close(self) -> None:
         for node in self._nodes:
             for shard in node.shards:
-                await shard.channel.close()
+                await shard.close()
 
     # -- Processor -----------------------------------------------------------------------------
 
@@ -370,7 +400,7 @@ class Router:
             return await self._observed_call(node, shard, request, timeout, idempotent)
         try:
             response: pb.Response = await with_retries(
-                lambda left: shard.process(request, timeout=left),
+                lambda left: shard.call(request, left),
                 timeout=timeout,
                 retries=node.cfg.retries,
                 idempotent=idempotent,
@@ -400,7 +430,7 @@ class Router:
                 metadata = tracing.outgoing() if tracing is not None else None
                 try:
                     response: pb.Response = await with_retries(
-                        lambda left: shard.process(request, timeout=left, metadata=metadata),
+                        lambda left: shard.call(request, left, metadata),
                         timeout=timeout,
                         retries=node.cfg.retries,
                         idempotent=idempotent,

@@ -52,6 +52,8 @@ a call sent just as a replica stops is not lost (capped at ``grace_period``)."""
 
 STREAM_WINDOW = 64
 """Requests one ProcessStream call runs at once; further ones wait to be read (backpressure)."""
+UNLIMITED_STREAM_WINDOW = 4096
+"""Requests one stream may have running on a replica without an admission limit (max_concurrent=None)."""
 
 
 _EMPTY = pb.Response()
@@ -65,8 +67,9 @@ def _remaining(context: Any) -> float | None:
 class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
     """``plait.v1.Plait`` over any :class:`Processor` (an executor's handler or a Flow's router)."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, *, stream_window: int = STREAM_WINDOW) -> None:
         self.handler = processor
+        self._stream_window = stream_window
         self._description = processor.describe()
         self._trace_context = bool(getattr(processor, "wants_trace_context", False))
         self._draining = False
@@ -113,8 +116,10 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         request of the stream is cancelled."""
         if self._trace_context:
             incoming.set(trace_headers(context.invocation_metadata() or ()))
+        # At once, so the caller knows its stream was accepted before it sends (plait.wire.lanes).
+        await context.send_initial_metadata(())
         queue: asyncio.Queue[pb.Response | PlaitError | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        window = asyncio.Semaphore(self._stream_window)
         running: dict[str, asyncio.Task[None]] = {}
         drained = False
 
@@ -296,7 +301,10 @@ class ExecutorServer:
                 instruments.metrics.watch_batch_queue(self.name, self.handler.batch_pending)
             processor = instruments.wrap(processor)
             self.metrics_port = instruments.serve_metrics(cfg.host)
-        self._servicer = PlaitServicer(processor)
+        # A gateway sends every request for this replica on one stream: let the admission limit,
+        # not the stream's window, decide what waits and what is refused (RESOURCE_EXHAUSTED).
+        window = (cfg.max_concurrent or UNLIMITED_STREAM_WINDOW) + cfg.max_queue + 1
+        self._servicer = PlaitServicer(processor, stream_window=window)
         add_plait_servicer(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = internal_server_credentials(cfg.internal_tls) if cfg.internal_tls else None

@@ -1,4 +1,6 @@
-"""Unary calls carried as messages of long-lived ``ProcessStream`` calls.
+"""Unary calls carried as messages of long-lived ``ProcessStream`` calls (*lanes*).
+
+Used by plait's gRPC client (to a gateway or to replicas) and by the gateway (to each replica).
 
 A unary gRPC call in grpc.aio costs a call object, an HTTP/2 stream, headers both ways and a task
 on each side; a message on a stream that is already open costs one frame each way. So the gRPC
@@ -27,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +39,8 @@ from typing import Any
 
 import grpc
 
+from plait.errors import ERROR_METADATA_KEY, error_from_details
+from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
 from plait.wire.retry import never_started
 
@@ -52,6 +58,16 @@ OpenStream = Callable[[], Any]
 """Opens one ``ProcessStream`` call (a ``grpc.aio.StreamStreamCall`` with no request iterator)."""
 
 
+def stream_opener(channel: grpc.aio.Channel, metadata: Any = None) -> OpenStream:
+    """Opens ``ProcessStream`` calls on ``channel`` (with ``metadata``: credentials)."""
+    multicallable = channel.stream_stream(
+        f"/{SERVICE_NAME}/ProcessStream",
+        request_serializer=pb.Request.SerializeToString,
+        response_deserializer=pb.Response.FromString,
+    )
+    return functools.partial(multicallable, metadata=metadata)
+
+
 class _Lane:
     """One ``ProcessStream`` call and the reader task that routes its responses."""
 
@@ -65,7 +81,15 @@ class _Lane:
         self._write_lock = asyncio.Lock()
         self._ids = itertools.count()
         self._idle: asyncio.TimerHandle | None = None
+        self._write_failed = False
         self._reader = asyncio.create_task(self._read(), name="plait-grpc-lane")
+        # Servers send their initial metadata as a stream starts: until then nothing is written,
+        # so a refused stream (unreachable, unauthenticated) reports the server's own status.
+        self._accepted = asyncio.create_task(self._accept(), name="plait-grpc-lane-accept")
+
+    async def _accept(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.rpc.initial_metadata()
 
     def usable(self, now: float) -> bool:
         return not self.dead and not self.retiring and now - self.opened < LANE_MAX_AGE
@@ -85,13 +109,16 @@ class _Lane:
         try:
             if self.retiring or self.dead:
                 raise _not_sent("the stream is closing")
+            if not self._accepted.done():
+                await asyncio.shield(self._accepted)
+            if self.rpc.done():  # refused: its status says why
+                raise await self._ended()
             try:
-                async with self._write_lock:
-                    await self.rpc.write(request)
+                await self._write(request)
             except (asyncio.InvalidStateError, grpc.aio.UsageError, grpc.RpcError):
-                # The write failed, so the request never left: the call's end says why (refused,
-                # unauthenticated... or just closed, when the server ended it as we wrote).
-                raise await self._ended() from None
+                # The stream ended (the server closed it, or went away) as the request was sent:
+                # it never left, so it can be sent again elsewhere.
+                raise _not_sent("the stream ended as the request was sent") from None
             sent = True
             response = await future
         finally:
@@ -106,11 +133,19 @@ class _Lane:
             raise _not_sent("server is shutting down")
         return response
 
+    async def _write(self, message: pb.Request) -> None:
+        try:
+            async with self._write_lock:
+                await self.rpc.write(message)
+        except BaseException:
+            # grpc.aio then records INTERNAL as the call's status, over the server's own.
+            self._write_failed = True
+            raise
+
     def _cancel_remote(self, rid: str) -> None:
         async def send_cancel() -> None:
             with contextlib.suppress(Exception):
-                async with self._write_lock:
-                    await self.rpc.write(pb.Request(request_id=rid, cancel=True))
+                await self._write(pb.Request(request_id=rid, cancel=True))
 
         asyncio.get_running_loop().create_task(send_cancel())
 
@@ -143,6 +178,11 @@ class _Lane:
                     await self._close_writing()
         except grpc.RpcError as e:
             error = e
+            if self._write_failed and e.code() == grpc.StatusCode.INTERNAL:
+                # The status a failed write left, not the server's: the stream broke.
+                error = _LaneEnded(
+                    grpc.StatusCode.UNAVAILABLE, f"the stream to the server broke: {e.details()}"
+                )
         except asyncio.CancelledError:
             error = _LaneEnded(grpc.StatusCode.CANCELLED, "the client closed")
         except Exception as e:  # never leave callers waiting on a dead reader
@@ -173,6 +213,7 @@ class _Lane:
     async def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        self._accepted.cancel()
         self.rpc.cancel()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -180,12 +221,14 @@ class _Lane:
 
 
 class _LaneEnded(grpc.RpcError):  # type: ignore[misc]
-    """A lane's end, as the ``grpc.RpcError`` a unary call would have raised."""
+    """A lane's end, or a request's failure on it, as the ``grpc.RpcError`` a unary call would have
+    raised (the error's details JSON in the trailing metadata, as servers send it)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, blob: bytes | None = None) -> None:
         super().__init__(details)
         self._code = code
         self._details = details
+        self._blob = blob
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -194,7 +237,33 @@ class _LaneEnded(grpc.RpcError):  # type: ignore[misc]
         return self._details
 
     def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        return ()
+        return () if self._blob is None else ((ERROR_METADATA_KEY, self._blob),)
+
+
+def _failed(blob: bytes) -> _LaneEnded:
+    """A request's error reply, as the status a unary call would have ended with."""
+    try:
+        error = error_from_details(json.loads(blob))
+    except (ValueError, TypeError):
+        return _LaneEnded(grpc.StatusCode.UNKNOWN, f"malformed error reply: {blob[:200]!r}")
+    return _LaneEnded(error.grpc_code, error.message, blob)
+
+
+async def call_on_lanes(mux: StreamMux, request: pb.Request, timeout: float | None) -> pb.Response:
+    """``request`` on one of ``mux``'s lanes, answered within ``timeout``. Every failure raises the
+    ``grpc.RpcError`` a unary ``Process`` call would have (so ``with_retries`` and the errors'
+    translation treat both alike)."""
+    request.timeout = timeout or 0.0  # the server enforces it, and cancels the work downstream
+    try:
+        async with asyncio.timeout(timeout):
+            response = await mux.request(request)
+    except TimeoutError:
+        raise _LaneEnded(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"no response within the timeout of {timeout}s"
+        ) from None
+    if response.error:
+        raise _failed(response.error)
+    return response
 
 
 _SHUTTING_DOWN = b"server is shutting down"

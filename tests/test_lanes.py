@@ -1,4 +1,4 @@
-"""The gRPC client's unary calls as messages of long-lived ProcessStream calls (client/grpc_mux.py),
+"""The gRPC client's unary calls as messages of long-lived ProcessStream calls (client/lanes.py),
 against the gateway's real gRPC server (gateway/protocols.py) serving a scripted processor.
 
 Each unary call keeps what a gRPC unary call gives: its deadline (enforced by the server, which
@@ -15,10 +15,10 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 
 from plait._loop import new_event_loop
-from plait.client import grpc_mux
 from plait.client.grpc_transport import GrpcTransport
 from plait.client.transport import Call
 from plait.config import ServerOptions
@@ -26,6 +26,7 @@ from plait.errors import DeadlineExceededError, SchemaError, UnavailableError
 from plait.gateway.protocols import GrpcServer
 from plait.orchestrate.process import free_port
 from plait.serve.server import PlaitServicer
+from plait.wire import error_from_rpc_error, lanes
 from plait.wire import plait_pb2 as pb
 
 pytestmark = pytest.mark.timeout(60)
@@ -258,7 +259,7 @@ async def test_a_draining_server_finishes_its_requests_and_the_rest_go_elsewhere
 
 @in_loop
 async def test_an_idle_stream_is_closed_and_the_next_call_opens_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grpc_mux, "LANE_IDLE", 0.2)
+    monkeypatch.setattr(lanes, "LANE_IDLE", 0.2)
     async with serving() as ([server], transport):
         await transport.call(call("/echo"))
         assert server.processor.streams_open == 1
@@ -271,7 +272,7 @@ async def test_an_idle_stream_is_closed_and_the_next_call_opens_one(monkeypatch:
 
 @in_loop
 async def test_an_old_stream_is_replaced_and_finishes_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grpc_mux, "LANE_MAX_AGE", 0.3)
+    monkeypatch.setattr(lanes, "LANE_MAX_AGE", 0.3)
     async with serving() as ([server], transport):
         slow = asyncio.create_task(transport.call(call("/slow", "old", s=0.6), timeout=10))
         await asyncio.sleep(0.4)
@@ -304,3 +305,33 @@ async def test_trace_context_goes_as_a_unary_call_of_its_own() -> None:
         )
         assert (await transport.call(traced, timeout=5)).docs == b"xa"
         assert server.unary_calls == 1 and server.process_stream_calls == 0
+
+
+@in_loop
+async def test_the_gateway_calls_named_replicas_on_lanes_and_dns_names_per_call() -> None:
+    from plait.gateway.router import _Shard  # the gateway's per-shard caller
+
+    a, b = await started(Server(Scripted("a"))), await started(Server(Scripted("b")))
+    named = _Shard([a.address, b.address])
+    behind_dns = _Shard([f"dns:///localhost:{a.port}"])
+    try:
+        assert named.lanes is not None and behind_dns.lanes is None
+        replies = await asyncio.gather(
+            *(named.call(pb.Request(request_id=f"r{i}", endpoint="/echo", docs=b"x"), 5) for i in range(20))
+        )
+        assert {r.docs for r in replies} == {b"xa", b"xb"}, "both replicas serve, in turn"
+        assert a.process_stream_calls == b.process_stream_calls == 1
+        assert a.unary_calls == b.unary_calls == 0
+        # With a trace context of its own, a call goes alone.
+        traced = await named.call(pb.Request(request_id="t", endpoint="/echo", docs=b"x"), 5, (("k", "v"),))
+        assert traced.docs in (b"xa", b"xb") and a.unary_calls + b.unary_calls == 1
+        # An error reply is the RpcError a unary call would have raised, details and all.
+        with pytest.raises(grpc.RpcError) as failed:
+            await named.call(pb.Request(request_id="bad", endpoint="/bad", docs=b"x"), 5)
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert isinstance(error_from_rpc_error(failed.value), SchemaError)
+    finally:
+        await named.close()
+        await behind_dns.close()
+        await a.stop()
+        await b.stop()
