@@ -331,3 +331,19 @@ def test_the_exported_healthchecks_pass_against_real_tls_servers(certs: Certs, t
         quick = [arg.replace(f"127.0.0.1:{grpc_port}", target) for arg in quick]
         assert run_check(quick, compose_project(flow.config), "gateway") == 1
     assert os.path.isabs(unescape(project["secrets"]["gateway-tls-key"]["file"]))
+
+
+def test_the_gateways_tokens_file_is_a_compose_secret_never_in_the_file(tmp_path: Path) -> None:
+    token = "s3cr3t-" + "x" * 20
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token + "\n")
+    flow = Flow(auth_token_file=str(tokens)).add(name="a", uses="executors:Echo")
+    project = compose_project(flow.config)
+    validate(project)
+    target = "/run/secrets/plait-auth-tokens"
+    assert project["secrets"]["gateway-auth-tokens"]["file"] == str(tokens)
+    assert {"source": "gateway-auth-tokens", "target": target} in project["services"]["gateway"]["secrets"]
+    assert "secrets" not in project["services"]["a"], "executors never see the tokens"
+    gateway = GatewayConfig.model_validate_json(unescape(project["configs"]["gateway-config"]["content"]))
+    assert gateway.options.auth_token_file == target
+    assert token not in yaml.safe_dump(project)

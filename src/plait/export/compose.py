@@ -135,6 +135,9 @@ def _service(
     return service
 
 
+AUTH_TOKENS_PATH = "/run/secrets/plait-auth-tokens"
+"""Where the gateway's bearer tokens file (``auth_token_file``) is mounted in its container."""
+
 _SECRET_ROLES = {"ca.crt": "ca", "tls.crt": "cert", "tls.key": "key"}
 
 
@@ -225,6 +228,13 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
                 service["deploy"] = deploy
             services[name] = service
     gateway = gateway_config(flow, addresses, options)
+    tokens: dict[str, tuple[str, str]] = {}
+    if gateway.options.auth_token_file:
+        # The tokens file the Flow names, as a Compose secret where the gateway's config says.
+        tokens = {"gateway-auth-tokens": (os.path.abspath(gateway.options.auth_token_file), AUTH_TOKENS_PATH)}
+        gateway = gateway.model_copy(
+            update={"options": gateway.options.model_copy(update={"auth_token_file": AUTH_TOKENS_PATH})}
+        )
     configs["gateway-config"] = {"content": _literal(config_json(gateway))}
     gateway_service = _service(
         flow,
@@ -236,7 +246,7 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
         healthcheck=_gateway_check(gateway),
         grace_period=gateway.options.grace_period,
     )
-    _mount_secrets(gateway_service, {**public, **internal})
+    _mount_secrets(gateway_service, {**public, **internal, **tokens})
     gateway_service["ports"] = [f"{p}:{p}" for p in gateway.ports]
     gateway_service["networks"] = [network]
     _expose_metrics(gateway_service, gateway)
@@ -251,10 +261,10 @@ def compose_project(flow: FlowConfig, options: ComposeOptions | None = None) -> 
     }
     if volumes:
         project["volumes"] = volumes
-    if public or internal:
+    if public or internal or tokens:
         # Read from the host when the project starts; the file names, never the contents.
         project["secrets"] = {
-            name: {"file": _literal(path)} for name, (path, _) in {**public, **internal}.items()
+            name: {"file": _literal(path)} for name, (path, _) in {**public, **internal, **tokens}.items()
         }
     return project
 
