@@ -1,12 +1,17 @@
 """Per-request cost of metrics and tracing, in process: one Echo handler behind the admission
 limit, called directly (no network), plain vs ``monitoring`` vs ``tracing`` vs both.
 
-    PYTHONPATH=src:tests python benchmarks/bench_observe.py
+    PYTHONPATH=src:tests python benchmarks/bench_observe.py     # JSON on stdout, table on stderr
+
+The baseline is the same handler with nothing on, measured in the same run: each configuration is
+reported in µs per request and as a ratio to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from typing import Any
 
@@ -41,7 +46,8 @@ async def main() -> None:
     handler = RequestHandler(Echo(runtime_args=RuntimeArgs(name="echo")), name="echo")
     base = limited(handler, 64, 256)
     plain = await per_call_us(base, request)
-    print(f"plain                   {plain:6.2f} us/request")
+    out: dict[str, Any] = {"plain_us": round(plain, 2)}
+    print(f"plain                   {plain:6.2f} us/request", file=sys.stderr)
     for label, cfg in (
         ("monitoring", Observability(monitoring=True)),
         ("tracing (in-memory)", Observability(tracing=True)),
@@ -51,7 +57,11 @@ async def main() -> None:
         wrapped = Instruments(cfg, name="echo", role="executor", exporter=exporter).wrap(base)
         cost = await per_call_us(wrapped, request)
         exporter.clear()
-        print(f"{label:23} {cost:6.2f} us/request  (+{cost - plain:.2f})")
+        key = label.split(" (")[0].replace(" + ", "_and_")
+        out[f"{key}_us"] = round(cost, 2)
+        out[f"{key}_vs_plain"] = round(cost / plain, 2)
+        print(f"{label:23} {cost:6.2f} us/request  (+{cost - plain:.2f})", file=sys.stderr)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
