@@ -225,3 +225,14 @@ def test_servers_without_tracing_never_import_opentelemetry() -> None:
         "assert not [m for m in sys.modules if m.startswith('opentelemetry')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)
+
+
+def test_servers_without_monitoring_or_batching_never_import_prometheus() -> None:
+    # The process commands' whole import graph, HTTP and WebSocket servers included.
+    code = (
+        "import sys, plait._entry, plait.serve.server, plait.gateway.runtime, plait.gateway.protocols\n"
+        "import plait.gateway.http_server, plait.gateway.websocket_server, plait.observe\n"
+        "loaded = [m for m in sys.modules if m.startswith('prometheus_client')]\n"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)

@@ -339,7 +339,7 @@ def test_exported_pods_on_separate_hosts_serve_balance_and_survive_a_killed_repl
     assert replacement.process is not None
     newcomer = str(replacement.process.pid)
     third = cluster.run_in(gateway, client, port, "20", f"{survivor},{newcomer}")
-    assert third["errors"] == [], cluster.logs()
+    assert third["errors"] == [], (third["errors"], cluster.logs())
     assert third["seen"] == sorted([survivor, newcomer]), (third, cluster.logs())
     assert min(third["pids"].count(pid) for pid in (survivor, newcomer)) >= 5, third["pids"]
     assert gateway.process is not None and gateway.process.poll() is None

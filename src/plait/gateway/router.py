@@ -35,7 +35,7 @@ from plait.errors import (
 from plait.executor import DEFAULT_ENDPOINT
 from plait.gateway.conditions import compile_condition, filter_rows
 from plait.gateway.reduce import merge_rows
-from plait.observe.metrics import status_of
+from plait.observe.status import status_of
 from plait.observe.tracing import Tracing
 from plait.security.tls import internal_channel_kwargs
 from plait.serve.handler import matches_target, parse_json_object

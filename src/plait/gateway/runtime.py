@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plait.config import GatewayConfig
 from plait.gateway.protocols import ProtocolServer, server_class
 from plait.gateway.router import Router
-from plait.observe.instruments import Instruments
 from plait.security.checks import check_security
 from plait.security.limits import bounded
 from plait.serve.lifecycle import run_until_stopped
 from plait.serve.limits import limited
 from plait.serve.server import queue_depth
+
+if TYPE_CHECKING:
+    from plait.observe.instruments import Instruments
 
 log = logging.getLogger("plait.gateway")
 
@@ -50,7 +52,9 @@ class Gateway:
         # request bounds (documents per request, time) come first, so refusals cost no slot.
         admission = limited(self.router, cfg.options.max_concurrent, cfg.options.max_queue)
         processor = bounded(admission, cfg.options)
-        if cfg.observe.enabled:
+        if cfg.observe.enabled:  # only then are the metrics and tracing libraries loaded
+            from plait.observe.instruments import Instruments
+
             instruments = self.instruments = Instruments(
                 cfg.observe, name=cfg.name, role="gateway", exporter=self._span_exporter
             )

@@ -18,14 +18,13 @@ or the gateway's name) so one dashboard can show a whole Flow.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from plait.errors import PlaitError
+from plait.observe.status import status_of
 from plait.wire import plait_pb2 as pb
 
 LATENCY_BUCKETS = (
@@ -61,17 +60,6 @@ METRIC_NAMES = (
 """Every metric family plait exposes (what the Grafana dashboard may refer to)."""
 
 OK = "OK"
-
-
-def status_of(error: BaseException) -> str:
-    """The ``status`` label for a failure: the gRPC status name of a PlaitError, else ``UNKNOWN``."""
-    if isinstance(error, PlaitError):
-        return str(error.grpc_code.name)
-    if isinstance(error, TimeoutError):
-        return "DEADLINE_EXCEEDED"
-    if isinstance(error, asyncio.CancelledError | GeneratorExit):  # the caller went away
-        return "CANCELLED"
-    return "UNKNOWN"
 
 
 class ServerMetrics:

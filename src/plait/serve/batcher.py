@@ -22,15 +22,17 @@ import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel
 
 from plait.docs import DocList, Document
 from plait.errors import ExecutorError, PlaitError, UnavailableError
 from plait.executor import BatchingConfig, EndpointSpec
 from plait.observe.tracing import Tracing
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Histogram
 
 CallBatch = Callable[[EndpointSpec, DocList[Any], Any], Awaitable[Any]]
 """Calls the endpoint's method on merged docs: ``await call(spec, docs, parameters)``."""
@@ -123,7 +125,7 @@ class Batcher:
         executor: str,
         call: CallBatch,
         make_error: MakeError,
-        registry: CollectorRegistry,
+        registry: Callable[[], CollectorRegistry],
         tracing: Tracing | None = None,
     ) -> None:
         self.executor = executor
@@ -135,20 +137,33 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._batch_size = Histogram(
-            "plait_batch_size",
-            "Documents in each batch a @dynamic_batching endpoint ran",
-            ("executor", "endpoint"),
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=registry,
-        )
-        self._batch_wait = Histogram(
-            "plait_batch_wait_seconds",
-            "Time each request waited in a batching queue before its batch ran",
-            ("executor", "endpoint"),
-            buckets=WAIT_BUCKETS,
-            registry=registry,
-        )
+        self._registry = registry
+        self._histograms: tuple[Histogram, Histogram] | None = None
+
+    def _metrics(self) -> tuple[Histogram, Histogram]:
+        """Batch sizes and queue waits, registered on the first batch (so an executor without
+        batching never loads prometheus_client)."""
+        if self._histograms is None:
+            from prometheus_client import Histogram
+
+            registry = self._registry()
+            self._histograms = (
+                Histogram(
+                    "plait_batch_size",
+                    "Documents in each batch a @dynamic_batching endpoint ran",
+                    ("executor", "endpoint"),
+                    buckets=BATCH_SIZE_BUCKETS,
+                    registry=registry,
+                ),
+                Histogram(
+                    "plait_batch_wait_seconds",
+                    "Time each request waited in a batching queue before its batch ran",
+                    ("executor", "endpoint"),
+                    buckets=WAIT_BUCKETS,
+                    registry=registry,
+                ),
+            )
+        return self._histograms
 
     @property
     def pending(self) -> int:
@@ -210,7 +225,7 @@ class Batcher:
         spec = queue.spec
         labels = (self.executor, spec.endpoint)
         now = asyncio.get_running_loop().time()
-        wait = self._batch_wait.labels(*labels)
+        wait = self._metrics()[1].labels(*labels)
         for item in batch:
             wait.observe(now - item.arrived)
         docs = batch[0].docs
@@ -218,7 +233,7 @@ class Batcher:
             docs = type(docs)()
             for item in batch:
                 docs.extend(item.docs)  # DocList into DocList of its type: no per-doc check
-        self._batch_size.labels(*labels).observe(len(docs))
+        self._metrics()[0].labels(*labels).observe(len(docs))
         try:
             try:
                 if self._tracing is None:

@@ -13,9 +13,8 @@ import re
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from plait._version import __version__
@@ -27,6 +26,9 @@ from plait.executor.endpoints import call_endpoint, parse_parameters, stream_end
 from plait.observe.tracing import Tracing
 from plait.serve.batcher import Batcher
 from plait.wire import plait_pb2 as pb
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 RESULTS_KEY = "__results__"
 
@@ -71,15 +73,14 @@ class RequestHandler:
         self.name = name
         self._table: Mapping[str, EndpointSpec] = type(executor).endpoints
         self._default = self._table.get(DEFAULT_ENDPOINT)
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        """This handler's metrics (``plait_batch_size``, ``plait_batch_wait_seconds``)."""
+        self._registry = registry
         # Endpoint → batching config: @dynamic_batching, overridden by `uses_dynamic_batching`.
         self._batching = effective_batching(self._table, dynamic_batching, executor=name)
         self._batcher = Batcher(
             executor=name,
             call=self._call_batch,
             make_error=self._batch_error,
-            registry=self.registry,
+            registry=lambda: self.registry,
             tracing=tracing,
         )
         # One worker keeps sync endpoints in order (safe for code that is not thread-safe);
@@ -159,6 +160,16 @@ class RequestHandler:
             ) from e
         docs = decode_docs(request.docs, spec.input_type)
         return spec, docs, params
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This handler's metrics (``plait_batch_size``, ``plait_batch_wait_seconds``): the
+        server's registry with ``monitoring`` on, else one of its own, made on first use."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=True)
+        return self._registry
 
     def ready(self) -> bool:
         return True

@@ -18,7 +18,7 @@ import gc
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,7 +33,6 @@ from plait.errors import (
     UnavailableError,
 )
 from plait.executor.loader import expand_yaml_uses, load_executor
-from plait.observe.instruments import Instruments
 from plait.observe.tracing import incoming, trace_headers
 from plait.security.tls import internal_server_credentials
 from plait.serve.handler import RequestHandler
@@ -43,6 +42,9 @@ from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
+
+if TYPE_CHECKING:
+    from plait.observe.instruments import Instruments
 
 log = logging.getLogger("plait.serve")
 
@@ -267,11 +269,13 @@ class ExecutorServer:
         executor_cfg = expand_yaml_uses(cfg.executor)
         # Constructing an Executor may load a model: keep it off the loop so signals still work.
         executor = await loop.run_in_executor(None, load_executor, executor_cfg, cfg.runtime_args())
-        instruments = (
-            Instruments(cfg.observe, name=self.name, role="executor", exporter=self._span_exporter)
-            if cfg.observe.enabled
-            else None
-        )
+        instruments = None
+        if cfg.observe.enabled:  # only then are the metrics and tracing libraries loaded
+            from plait.observe.instruments import Instruments
+
+            instruments = Instruments(
+                cfg.observe, name=self.name, role="executor", exporter=self._span_exporter
+            )
         self.instruments = instruments
         self.handler = RequestHandler(
             executor,
