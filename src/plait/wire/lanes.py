@@ -34,7 +34,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -44,7 +44,7 @@ from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
 from plait.wire.retry import never_started
 
-log = logging.getLogger("plait.client")
+log = logging.getLogger("plait.wire")
 
 LANE_MAX_AGE = 60.0
 """Seconds a lane takes new requests; then a new one opens (the old one finishes what it has)."""
@@ -82,6 +82,7 @@ class _Lane:
         self._ids = itertools.count()
         self._idle: asyncio.TimerHandle | None = None
         self._write_failed = False
+        self._background: set[asyncio.Task[None]] = set()  # held here: the loop keeps weak refs
         self._reader = asyncio.create_task(self._read(), name="plait-grpc-lane")
         # Servers send their initial metadata as a stream starts: until then nothing is written,
         # so a refused stream (unreachable, unauthenticated) reports the server's own status.
@@ -147,7 +148,7 @@ class _Lane:
             with contextlib.suppress(Exception):
                 await self._write(pb.Request(request_id=rid, cancel=True))
 
-        asyncio.get_running_loop().create_task(send_cancel())
+        self._spawn(send_cancel())
 
     async def _ended(self) -> grpc.RpcError:
         if self.retiring:
@@ -199,7 +200,12 @@ class _Lane:
         """Take no new requests; close once the ones in flight are answered."""
         self.retiring = True
         if not self.pending:
-            asyncio.get_running_loop().create_task(self._close_writing())
+            self._spawn(self._close_writing())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _maybe_idle(self) -> None:
         if not self.pending and not self.dead and self._idle is None:
