@@ -58,3 +58,65 @@ def test_a_client_balancing_replicas_skips_a_dead_one() -> None:
         assert len({o.split(":")[1] for o in outputs}) >= 1
         docs = DocList[Text]([Text(text=str(i)) for i in range(300)])
         assert dep.post("/echo", docs, request_size=10).text == [str(i) for i in range(300)]
+
+
+def test_calls_crossing_a_servers_connection_aging_are_resent_not_failed() -> None:
+    """A server with a maximum connection age (as exports set) sends GOAWAY now and then; calls
+    that cross it on the wire come back UNAVAILABLE "GOAWAY received" without having run. They
+    count as never started, so even a non-idempotent call is sent again, and none fails."""
+    import grpc
+
+    from plait.serve.server import server_options
+    from plait.wire import plait_pb2 as pb
+    from plait.wire import plait_pb2_grpc
+    from plait.wire.channels import open_channel
+    from plait.wire.retry import never_started, with_retries
+
+    seen: list[str] = []
+
+    class Servicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
+        async def Process(self, request: pb.Request, context: object) -> pb.Response:
+            seen.append(request.request_id)
+            await asyncio.sleep(0.001)
+            return pb.Response(request_id=request.request_id)
+
+    async def scenario() -> tuple[int, list[str], int]:
+        server = grpc.aio.server(options=server_options(1 << 20, False, max_connection_age=0.02))
+        plait_pb2_grpc.add_PlaitServicer_to_server(Servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = open_channel([f"127.0.0.1:{port}"])
+        stub = plait_pb2_grpc.PlaitStub(channel)
+        crossed = 0
+        failures: list[str] = []
+
+        async def one(rid: str) -> None:
+            nonlocal crossed
+
+            async def attempt(left: float | None) -> pb.Response:
+                nonlocal crossed
+                try:
+                    response: pb.Response = await stub.Process(pb.Request(request_id=rid), timeout=left)
+                except grpc.RpcError as e:
+                    crossed += "GOAWAY" in (e.details() or "")
+                    assert never_started(e) or "GOAWAY" not in (e.details() or ""), e
+                    raise
+                return response
+
+            try:
+                await with_retries(attempt, timeout=10)
+            except grpc.RpcError as e:
+                failures.append(f"{e.code().name}: {e.details()}")
+
+        try:
+            for batch in range(150):
+                await asyncio.gather(*(one(f"{batch}-{i}") for i in range(40)))
+        finally:
+            await channel.close()
+            await server.stop(None)
+        return crossed, failures, len(set(seen))
+
+    crossed, failures, served = asyncio.run(scenario())
+    assert failures == []
+    assert served == 6000, "every call ran"
+    assert crossed > 0, "no call crossed a GOAWAY: the test did not exercise the race"
