@@ -335,3 +335,35 @@ async def test_the_gateway_calls_named_replicas_on_lanes_and_dns_names_per_call(
         await behind_dns.close()
         await a.stop()
         await b.stop()
+
+
+@in_loop
+async def test_a_caller_cancelled_mid_write_does_not_end_the_stream_for_the_others() -> None:
+    # grpc.aio cancels a whole call when one of its writes is cancelled: a caller giving up while
+    # its (large, flow-controlled) message is still being written must not take the lane with it.
+    async with serving() as ([server], transport):
+        assert (await transport.call(call("/echo", "warm"), timeout=5)).docs == b"xa"
+        lane = next(lane for lane in transport._mux._lanes if lane is not None)
+        release = asyncio.Event()
+        real_write = lane.rpc.write
+
+        async def slow_write(message: pb.Request) -> None:
+            if message.request_id == "slow":
+                try:
+                    await release.wait()  # a write held up, as by HTTP/2 flow control
+                except asyncio.CancelledError:
+                    lane.rpc.cancel()  # what grpc.aio's own write does when it is cancelled
+                    raise
+            await real_write(message)
+
+        lane.rpc.write = slow_write
+        stuck = asyncio.create_task(transport.call(call("/echo", "slow"), timeout=5))
+        await asyncio.sleep(0.05)
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        release.set()
+        # The lane goes on: the next request on it is answered, on the same stream.
+        assert (await transport.call(call("/echo", "after"), timeout=5)).docs == b"xa"
+        assert not lane.dead
+        assert server.process_stream_calls == 1

@@ -114,13 +114,14 @@ class _Lane:
                 await asyncio.shield(self._accepted)
             if self.rpc.done():  # refused: its status says why
                 raise await self._ended()
+            sent = True  # from here the message goes out even if this caller is cancelled
             try:
                 await self._write(request)
             except (asyncio.InvalidStateError, grpc.aio.UsageError, grpc.RpcError):
                 # The stream ended (the server closed it, or went away) as the request was sent:
                 # it never left, so it can be sent again elsewhere.
+                sent = False
                 raise _not_sent("the stream ended as the request was sent") from None
-            sent = True
             response = await future
         finally:
             if future.done() and not future.cancelled():
@@ -135,13 +136,19 @@ class _Lane:
         return response
 
     async def _write(self, message: pb.Request) -> None:
-        try:
-            async with self._write_lock:
+        """Write ``message`` after those before it. The write runs in a task of its own, shielded
+        from the caller: grpc.aio cancels the whole call when a write is cancelled, which would
+        fail every other request on the lane."""
+        await asyncio.shield(self._spawn(self._write_in_turn(message)))
+
+    async def _write_in_turn(self, message: pb.Request) -> None:
+        async with self._write_lock:
+            try:
                 await self.rpc.write(message)
-        except BaseException:
-            # grpc.aio then records INTERNAL as the call's status, over the server's own.
-            self._write_failed = True
-            raise
+            except Exception:
+                # grpc.aio then records INTERNAL as the call's status, over the server's own.
+                self._write_failed = True
+                raise
 
     def _cancel_remote(self, rid: str) -> None:
         async def send_cancel() -> None:
@@ -202,10 +209,16 @@ class _Lane:
         if not self.pending:
             self._spawn(self._close_writing())
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen, even when its caller stopped waiting for it
 
     def _maybe_idle(self) -> None:
         if not self.pending and not self.dead and self._idle is None:
