@@ -202,10 +202,12 @@ class HttpPool:
         else:
             connection.close()
 
-    @staticmethod
     def _encode(
-        method: str, address: str, path: str, headers: Mapping[str, str] | None, body: bytes | None
+        self, method: str, address: str, path: str, headers: Mapping[str, str] | None, body: bytes | None
     ) -> bytes:
+        """The request's bytes: its line, the pool's headers overridden by ``headers``, the body."""
+        if self.headers:
+            headers = {**self.headers, **(headers or {})}
         lines = [f"{method} {path} HTTP/1.1", f"host: {address}"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         if body is not None:
@@ -254,8 +256,6 @@ class HttpPool:
     ) -> HttpResponse:
         """One request, its whole reply. Raises :class:`HttpConnectionError` (the caller adds its
         own timeout: a request cut short closes its connection)."""
-        if self.headers:
-            headers = {**self.headers, **(headers or {})}
         data = self._encode(method, address, path, headers, body)
         connection, response = await self._exchange(address, data, stream=False)
         self._release(address, connection)
@@ -274,8 +274,6 @@ class HttpPool:
 
         The connection goes back to the pool when the chunks have been read to the end, and is
         closed if they are not."""
-        if self.headers:
-            headers = {**self.headers, **(headers or {})}
         data = self._encode(method, address, path, headers, body)
         connection, head = await self._exchange(address, data, stream=True)
         return head, self._drain(address, connection)

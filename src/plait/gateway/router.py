@@ -398,9 +398,21 @@ class Router:
     ) -> pb.Response:
         if self._hop is not None or self._tracing is not None:
             return await self._observed_call(node, shard, request, timeout, idempotent)
+        return await self._send(node, shard, request, timeout, idempotent)
+
+    async def _send(
+        self,
+        node: _Node,
+        shard: _Shard,
+        request: pb.Request,
+        timeout: float | None,
+        idempotent: bool,
+        metadata: Any = None,
+    ) -> pb.Response:
+        """One call to ``shard``, retried as failover allows; failures name the executor."""
         try:
             response: pb.Response = await with_retries(
-                lambda left: shard.call(request, left),
+                lambda left: shard.call(request, left, metadata),
                 timeout=timeout,
                 retries=node.cfg.retries,
                 idempotent=idempotent,
@@ -428,16 +440,7 @@ class Router:
         try:
             with span:
                 metadata = tracing.outgoing() if tracing is not None else None
-                try:
-                    response: pb.Response = await with_retries(
-                        lambda left: shard.call(request, left, metadata),
-                        timeout=timeout,
-                        retries=node.cfg.retries,
-                        idempotent=idempotent,
-                    )
-                except grpc.RpcError as e:
-                    raise self._executor_error(node, e) from None
-                return response
+                return await self._send(node, shard, request, timeout, idempotent, metadata)
         except BaseException as e:
             status = status_of(e)
             raise

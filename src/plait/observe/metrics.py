@@ -154,12 +154,25 @@ class Measured:
         self.name: str = inner.name
         self.metrics = metrics
 
-    async def process(self, request: pb.Request, *, timeout: float | None = None) -> pb.Response:
+    def _begin(self, request: pb.Request) -> tuple[Any, Any, Any, float]:
+        """Count a request in: its endpoint's duration histogram, bytes-out and OK counters, start."""
         m = self.metrics
         duration, bytes_in, bytes_out, ok = m.endpoint(request.endpoint)
         bytes_in.inc(_size(request))
         m.in_flight.inc()
-        start = time.perf_counter()
+        return duration, bytes_out, ok, time.perf_counter()
+
+    def _end(self, request: pb.Request, duration: Any, ok: Any, start: float, failed: str | None) -> None:
+        m = self.metrics
+        duration.observe(time.perf_counter() - start)
+        m.in_flight.dec()
+        if failed is None:
+            ok.inc()
+        else:
+            m.requests.labels(m.server, request.endpoint, failed).inc()
+
+    async def process(self, request: pb.Request, *, timeout: float | None = None) -> pb.Response:
+        duration, bytes_out, ok, start = self._begin(request)
         failed: str | None = None
         try:
             response: pb.Response = await self.inner.process(request, timeout=timeout)
@@ -169,21 +182,12 @@ class Measured:
             failed = status_of(e)
             raise
         finally:
-            duration.observe(time.perf_counter() - start)
-            m.in_flight.dec()
-            if failed is None:
-                ok.inc()
-            else:
-                m.requests.labels(m.server, request.endpoint, failed).inc()
+            self._end(request, duration, ok, start, failed)
 
     async def stream(
         self, request: pb.Request, *, timeout: float | None = None
     ) -> AsyncIterator[pb.Response]:
-        m = self.metrics
-        duration, bytes_in, bytes_out, ok = m.endpoint(request.endpoint)
-        bytes_in.inc(_size(request))
-        m.in_flight.inc()
-        start = time.perf_counter()
+        duration, bytes_out, ok, start = self._begin(request)
         failed: str | None = None
         try:
             async for response in self.inner.stream(request, timeout=timeout):
@@ -193,12 +197,7 @@ class Measured:
             failed = status_of(e)
             raise
         finally:
-            duration.observe(time.perf_counter() - start)
-            m.in_flight.dec()
-            if failed is None:
-                ok.inc()
-            else:
-                m.requests.labels(m.server, request.endpoint, failed).inc()
+            self._end(request, duration, ok, start, failed)
 
     def describe(self) -> pb.DescribeResponse:
         response: pb.DescribeResponse = self.inner.describe()
