@@ -15,7 +15,7 @@ from plait.security.client import ClientSecurity
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
-from plait.wire.lanes import StreamMux, call_on_lanes, stream_opener
+from plait.wire.lanes import StreamMux, call_on_lanes
 from plait.wire.retry import with_retries
 
 _METHOD = f"/{SERVICE_NAME}/"
@@ -61,13 +61,10 @@ class GrpcTransport(Transport):
             response_deserializer=pb.DescribeResponse.FromString,
         )
         self._health = health_pb2_grpc.HealthStub(channel)
-        # Unary calls go as messages of ProcessStream calls (plait.wire.lanes), one per address, each on
-        # a channel of its own so that every address gets one whatever is connected first.
-        self._lane_channels = (
-            [channel] if len(self.addresses) == 1 else [self._open_channel([a]) for a in self.addresses]
+        # Unary calls go as messages of ProcessStream calls (plait.wire.lanes), one per address.
+        self._mux = StreamMux.per_address(
+            channel, self.addresses, lambda a: self._open_channel([a]), self._metadata
         )
-        openers = [stream_opener(c, self._metadata) for c in self._lane_channels]
-        self._mux = StreamMux(openers)
 
     def _open_channel(self, addresses: Sequence[str]) -> grpc.aio.Channel:
         return open_channel(
@@ -82,9 +79,6 @@ class GrpcTransport(Transport):
         if self._channel is not None:
             channel, self._channel = self._channel, None
             await self._mux.close()
-            for lane_channel in self._lane_channels:
-                if lane_channel is not channel:
-                    await lane_channel.close()
             await channel.close()
 
     def _error(self, err: grpc.RpcError) -> PlaitError:

@@ -42,7 +42,7 @@ from plait.serve.handler import matches_target, parse_json_object
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
-from plait.wire.lanes import StreamMux, call_on_lanes, stream_opener
+from plait.wire.lanes import StreamMux, call_on_lanes
 from plait.wire.retry import with_retries
 
 log = logging.getLogger("plait.gateway")
@@ -85,15 +85,11 @@ class _Shard:
         )
         # A name that resolves to many replicas (dns:///...) is balanced per call by the channel;
         # replicas named one by one each get a lane (on a channel of its own), used in turn.
-        self.lane_channels: list[grpc.aio.Channel] = []
         self.lanes: StreamMux | None = None
         if not any(a.startswith("dns:") for a in self.addresses):
-            self.lane_channels = (
-                [self.channel]
-                if len(self.addresses) == 1
-                else [open_channel([a], **kwargs) for a in self.addresses]
+            self.lanes = StreamMux.per_address(
+                self.channel, self.addresses, lambda a: open_channel([a], **kwargs)
             )
-            self.lanes = StreamMux([stream_opener(c) for c in self.lane_channels])
 
     async def call(self, request: pb.Request, timeout: float | None, metadata: Any = None) -> pb.Response:
         """One call (raises ``grpc.RpcError``): on a lane, or as a unary call when it carries
@@ -106,9 +102,6 @@ class _Shard:
     async def close(self) -> None:
         if self.lanes is not None:
             await self.lanes.close()
-        for channel in self.lane_channels:
-            if channel is not self.channel:
-                await channel.close()
         await self.channel.close()
 
 

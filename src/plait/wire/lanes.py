@@ -302,12 +302,28 @@ class StreamMux:
     """One lane per server address (its own channel), used in turn; an address that refused a
     lane is skipped for ``DOWN_S`` seconds while others are up."""
 
-    def __init__(self, openers: Sequence[OpenStream]) -> None:
+    def __init__(self, openers: Sequence[OpenStream], own_channels: Sequence[grpc.aio.Channel] = ()) -> None:
         self._openers = list(openers)
         self._lanes: list[_Lane | None] = [None] * len(self._openers)
         self._down_until = [0.0] * len(self._openers)
         self._next = 0
         self._retired: set[_Lane] = set()
+        self._own_channels = list(own_channels)
+        """Channels opened for the lanes alone, closed with them."""
+
+    @classmethod
+    def per_address(
+        cls,
+        channel: grpc.aio.Channel,
+        addresses: Sequence[str],
+        open_one: Callable[[str], grpc.aio.Channel],
+        metadata: Any = None,
+    ) -> StreamMux:
+        """A lane per address: on ``channel`` when it reaches one address only, else each on a
+        channel of its own (``open_one(address)``), so that every address gets one whichever
+        connects first; the mux closes those channels, never ``channel``."""
+        own = [open_one(a) for a in addresses] if len(addresses) > 1 else []
+        return cls([stream_opener(c, metadata) for c in own or [channel]], own)
 
     def _pick(self, now: float) -> int:
         count = len(self._lanes)
@@ -343,3 +359,6 @@ class StreamMux:
         for lane in lanes:
             if lane is not None:
                 await lane.close()
+        channels, self._own_channels = self._own_channels, []
+        for channel in channels:
+            await channel.close()
