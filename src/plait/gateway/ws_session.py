@@ -40,6 +40,7 @@ from plait.gateway.http_messages import (
 )
 from plait.serve import Processor
 from plait.wire import plait_pb2 as pb
+from plait.wire.status import error_reply
 
 log = logging.getLogger("plait.gateway")
 
@@ -222,7 +223,7 @@ class WsSession:
 
         error = await self._run(work, request.endpoint, request.request_id, timeout)
         if error is not None:
-            reply = pb.Response(request_id=request.request_id, error=encode(error.to_details()))
+            reply = error_reply(request.request_id, error)
             with contextlib.suppress(_ClientGone):
                 await self._send(reply.SerializeToString(), binary=True)
 

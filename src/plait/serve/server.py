@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,7 @@ from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
+from plait.wire.status import error_reply
 
 if TYPE_CHECKING:
     from plait.observe.instruments import Instruments
@@ -191,8 +191,7 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                     f"no response within the request's timeout of {own}s", timeout=own
                 ) from None
         except PlaitError as e:
-            details = json.dumps(e.to_details(), default=str).encode()
-            return pb.Response(request_id=request.request_id, error=details)
+            return error_reply(request.request_id, e)
 
     async def Describe(
         self, request: pb.DescribeRequest | MalformedMessage, context: Any
@@ -204,7 +203,7 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
 
 def _shutting_down(request_id: str) -> pb.Response:
     error = UnavailableError("server is shutting down: send the request again, to another replica")
-    return pb.Response(request_id=request_id, error=json.dumps(error.to_details()).encode())
+    return error_reply(request_id, error)
 
 
 def server_options(

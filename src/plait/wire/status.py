@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import grpc
 
 from plait.errors import ERROR_METADATA_KEY, PlaitError, error_from_grpc
+from plait.wire import plait_pb2 as pb
 
 SERVICE_NAME = "plait.v1.Plait"
 
@@ -16,9 +17,19 @@ PROTOBUF_TYPE = "application/x-protobuf"
 out (docs in the plait codec). plait's own HTTP client sends them; JSON stays for everyone else."""
 
 
+def error_details(error: PlaitError) -> bytes:
+    """The error's structured details as JSON, as every protocol carries them."""
+    return json.dumps(error.to_details(), default=str).encode()
+
+
 def error_metadata(error: PlaitError) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata carrying the error's structured details."""
-    return ((ERROR_METADATA_KEY, json.dumps(error.to_details(), default=str).encode()),)
+    return ((ERROR_METADATA_KEY, error_details(error)),)
+
+
+def error_reply(request_id: str, error: PlaitError) -> pb.Response:
+    """The reply to one request of a stream (``ProcessStream``, a WebSocket binary frame) that failed."""
+    return pb.Response(request_id=request_id, error=error_details(error))
 
 
 def fail_with(context: Any, error: PlaitError) -> None:
