@@ -23,7 +23,6 @@ from plait import AsyncClient, DocList, Flow
 from plait.config import Observability
 from plait.errors import ExecutorError
 from plait.observe import METRIC_NAMES
-from plait.orchestrate.process import executor_observability
 
 H = "127.0.0.1"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -212,7 +211,7 @@ def test_options_reach_yaml_and_executors_inherit_them(tmp_path: Path) -> None:
     flow.save_config(str(path))
     again = Flow.load_config(str(path))
     assert again.config == flow.config
-    a, b = (executor_observability(flow.config.observe, node.observe) for node in flow.config.executors)
+    a, b = (flow.config.executor_observe(node) for node in flow.config.executors)
     assert a == Observability(
         tracing=True, monitoring=True, traces_exporter_host="otel", traces_exporter_port=4317
     )

@@ -505,6 +505,11 @@ class FlowConfig(FrozenModel):
     def _check_protocols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _validate_protocols(v)
 
+    def executor_observe(self, node: FlowExecutorConfig) -> Observability:
+        """An executor's metrics and tracing: the Flow's, overridden by its own; the metrics port
+        is never inherited (the Flow's is the gateway's)."""
+        return self.observe.model_copy(update={"port_monitoring": None, **node.observe})
+
     def replica_config(
         self, node: FlowExecutorConfig, *, shard_id: int, replica_id: int, **placement: Any
     ) -> ReplicaConfig:

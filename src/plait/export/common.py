@@ -140,11 +140,7 @@ def container_executor(executor: ExecutorConfig, options: ExportOptions) -> Exec
 def observability(flow: FlowConfig, node: FlowExecutorConfig | None, options: ExportOptions) -> Observability:
     """Metrics and tracing of one exported process: the Flow's (and the executor's own), with
     monitoring on by default on the fixed in-container port (Prometheus finds it by annotation)."""
-    own = (
-        flow.observe
-        if node is None
-        else flow.observe.model_copy(update={"port_monitoring": None, **node.observe})
-    )
+    own = flow.observe if node is None else flow.executor_observe(node)
     if not (own.monitoring or options.monitoring):
         return own
     return own.model_copy(

@@ -46,7 +46,6 @@ from plait.orchestrate.plot import PlotNode, to_mermaid, to_svg
 from plait.orchestrate.process import (
     ChildProcess,
     connect_host,
-    executor_observability,
     free_port,
     stop_all,
     wait_ready,
@@ -486,7 +485,7 @@ class Flow(Orchestration):
         children: list[ChildProcess] = []
         routes: list[GatewayExecutor] = []
         for node in cfg.executors:
-            observe = executor_observability(cfg.observe, node.observe)
+            observe = cfg.executor_observe(node)
             copies = node.shards * node.replicas
             shards: list[tuple[str, ...]] = []
             envs = placement.environments(

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO, Any
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -257,9 +257,3 @@ def with_monitoring_port(observe: Observability, port: int | None) -> Observabil
     if not observe.monitoring:
         return observe
     return observe.model_copy(update={"port_monitoring": port or free_port()})
-
-
-def executor_observability(flow: Observability, own: Mapping[str, Any]) -> Observability:
-    """An executor's settings: the Flow's monitoring and tracing, overridden by its own; the
-    metrics port is never inherited (the gateway's is the Flow's)."""
-    return flow.model_copy(update={"port_monitoring": None, **own})
