@@ -182,10 +182,13 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
             if own < 0 or own != own:  # negative or NaN
                 raise BadRequestError(f"timeout must be a positive number of seconds, got {own}")
             left = _remaining(context)
-            timeout = own if own and (left is None or own < left) else left
+            if not own:  # no timeout of its own: the stream's deadline, if any, is the call's
+                return await self.handler.process(request, timeout=left)
             try:
-                async with asyncio.timeout(own or None):
-                    return await self.handler.process(request, timeout=timeout)
+                async with asyncio.timeout(own):
+                    return await self.handler.process(
+                        request, timeout=own if left is None else min(own, left)
+                    )
             except TimeoutError:
                 raise DeadlineExceededError(
                     f"no response within the request's timeout of {own}s", timeout=own
