@@ -6,8 +6,9 @@ prometheus_client or OpenTelemetry.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from plait._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from plait.observe.instruments import Instruments
@@ -26,8 +27,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'plait.observe' has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_getattr(__name__, globals(), _HOMES)
