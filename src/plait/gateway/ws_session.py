@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from google.protobuf.message import DecodeError
@@ -40,7 +39,7 @@ from plait.gateway.http_messages import (
 )
 from plait.serve import Processor
 from plait.wire import plait_pb2 as pb
-from plait.wire.status import error_reply
+from plait.wire.status import error_reply, message_timeout
 
 log = logging.getLogger("plait.gateway")
 
@@ -154,11 +153,7 @@ class WsSession:
             raise BadRequestError("a request needs an endpoint", request_id=request.request_id or None)
         if not request.request_id:
             request.request_id = new_request_id()
-        if request.timeout < 0 or math.isnan(request.timeout):
-            raise BadRequestError(
-                f"timeout must be a positive number of seconds, got {request.timeout}",
-                request_id=request.request_id,
-            )
+        message_timeout(request)  # checked now: a bad one is answered like any unreadable frame
         return request
 
     def _too_large(self, size: int, unit: str, request_id: str | None) -> PayloadTooLargeError:

@@ -24,7 +24,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from plait.config import ReplicaConfig
 from plait.errors import (
-    BadRequestError,
     DeadlineExceededError,
     ExecutorError,
     PlaitError,
@@ -41,7 +40,7 @@ from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
-from plait.wire.status import error_reply
+from plait.wire.status import error_reply, message_timeout
 
 if TYPE_CHECKING:
     from plait.observe.instruments import Instruments
@@ -177,10 +176,8 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
 
     async def _one_of_stream(self, request: pb.Request, context: Any) -> pb.Response:
         """One request of a ``ProcessStream``: its response, or one that carries its error."""
-        own = request.timeout
         try:
-            if own < 0 or own != own:  # negative or NaN
-                raise BadRequestError(f"timeout must be a positive number of seconds, got {own}")
+            own = message_timeout(request)
             left = _remaining(context)
             if not own:  # no timeout of its own: the stream's deadline, if any, is the call's
                 return await self.handler.process(request, timeout=left)

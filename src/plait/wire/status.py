@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 import grpc
 
-from plait.errors import ERROR_METADATA_KEY, PlaitError, error_from_grpc
+from plait.errors import ERROR_METADATA_KEY, BadRequestError, PlaitError, error_from_grpc
 from plait.wire import plait_pb2 as pb
 
 SERVICE_NAME = "plait.v1.Plait"
@@ -25,6 +26,18 @@ def error_details(error: PlaitError) -> bytes:
 def error_metadata(error: PlaitError) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata carrying the error's structured details."""
     return ((ERROR_METADATA_KEY, error_details(error)),)
+
+
+def message_timeout(request: pb.Request) -> float | None:
+    """The ``timeout`` a streamed request carries (a WebSocket binary frame, a ``ProcessStream``
+    message), in seconds; None when it has none. A negative or NaN one is a BadRequestError."""
+    value = request.timeout
+    if value < 0 or math.isnan(value):
+        raise BadRequestError(
+            f"timeout must be a positive number of seconds, got {value}",
+            request_id=request.request_id or None,
+        )
+    return value or None
 
 
 def error_reply(request_id: str, error: PlaitError) -> pb.Response:
