@@ -40,6 +40,7 @@ from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
+from plait.wire.retry import SHUTTING_DOWN
 from plait.wire.status import error_reply, message_timeout
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
 
 
 def _shutting_down(request_id: str) -> pb.Response:
-    error = UnavailableError("server is shutting down: send the request again, to another replica")
+    error = UnavailableError(f"{SHUTTING_DOWN}: send the request again, to another replica")
     return error_reply(request_id, error)
 
 

@@ -42,7 +42,7 @@ import grpc
 from plait.errors import ERROR_METADATA_KEY, error_from_details
 from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
-from plait.wire.retry import never_started
+from plait.wire.retry import SHUTTING_DOWN, never_started
 
 log = logging.getLogger("plait.wire")
 
@@ -130,9 +130,9 @@ class _Lane:
                 # The caller gave up (cancelled, timed out) while the server works on it: stop that.
                 self._cancel_remote(rid)
             self._maybe_idle()
-        if response.error and _SHUTTING_DOWN in response.error:
+        if response.error and _SHUTTING_DOWN_BYTES in response.error:
             self.retire()  # never started there: the caller sends it again, on a new lane
-            raise _not_sent("server is shutting down")
+            raise _not_sent(SHUTTING_DOWN)
         return response
 
     async def _write(self, message: pb.Request) -> None:
@@ -285,7 +285,7 @@ async def call_on_lanes(mux: StreamMux, request: pb.Request, timeout: float | No
     return response
 
 
-_SHUTTING_DOWN = b"server is shutting down"
+_SHUTTING_DOWN_BYTES = SHUTTING_DOWN.encode()
 """In the error a draining server answers requests with that it did not start (serve/server.py)."""
 
 

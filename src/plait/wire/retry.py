@@ -19,12 +19,15 @@ import grpc
 R = TypeVar("R")
 
 DEFAULT_RETRIES = 3
+SHUTTING_DOWN = "server is shutting down"
+"""How a draining server's refusals begin (gRPC's own, and plait's answer to a streamed request it
+did not start): the request never ran, so it is sent again elsewhere."""
 _NOT_STARTED = (
     "failed to connect",
     "connection refused",
     "connections to all backends failing",
     "no ready",
-    "server is shutting down",
+    SHUTTING_DOWN,
     # A server closing an aged connection (max_connection_age) sends GOAWAY; calls that crossed it
     # on the wire are removed unprocessed (measured: none of them reached the handler).
     "goaway received",
