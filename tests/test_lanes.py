@@ -9,6 +9,7 @@ never started (a draining server), and the stream is given up when idle or old.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -25,6 +26,7 @@ from plait.config import ServerOptions
 from plait.errors import DeadlineExceededError, SchemaError, UnavailableError
 from plait.gateway.protocols import GrpcServer
 from plait.orchestrate.process import free_port
+from plait.serve import server as server_module
 from plait.serve.server import PlaitServicer
 from plait.wire import error_from_rpc_error, lanes
 from plait.wire import plait_pb2 as pb
@@ -67,6 +69,9 @@ class Scripted:
         self.streams_open = 0
         self.stream_calls = 0
         self.unary_calls = 0
+        self.messages_in = 0
+        """ProcessStream messages read (a joined message counts once)."""
+        self.messages_out = 0
 
     async def process(self, request: pb.Request, *, timeout: float | None = None) -> pb.Response:
         self.started.append(request.request_id)
@@ -105,8 +110,15 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> None:
         processor = self.handler
         processor.stream_calls += 1
         processor.streams_open += 1
+
+        async def counted() -> AsyncIterator[Any]:
+            async for message in request_iterator:
+                processor.messages_in += 1
+                yield message
+
         try:
-            async for response in stream(self, request_iterator, context):
+            async for response in stream(self, counted(), context):
+                processor.messages_out += 1
                 yield response
         finally:
             processor.streams_open -= 1
@@ -338,6 +350,77 @@ async def test_the_gateway_calls_named_replicas_on_lanes_and_dns_names_per_call(
 
 
 @in_loop
+async def test_requests_that_wait_for_a_write_go_out_together_and_so_do_their_responses() -> None:
+    async with serving() as ([server], transport):
+        replies = await asyncio.gather(*(transport.call(call("/echo", f"r{i}")) for i in range(50)))
+        assert [r.request_id for r in replies] == [f"r{i}" for i in range(50)]
+        assert {r.docs for r in replies} == {b"xa"}
+        lane = next(lane for lane in transport._mux._lanes if lane is not None)
+        assert lane.coalesce  # the server said it reads joined requests
+        processor = server.processor
+        assert sorted(processor.started) == sorted(f"r{i}" for i in range(50))
+        # 50 requests queued at once: a handful of messages each way, not 50.
+        assert processor.messages_in < 10, processor.messages_in
+        assert processor.messages_out < 50, processor.messages_out
+        assert server.process_stream_calls == 1
+
+
+@in_loop
+async def test_a_server_that_does_not_announce_joined_messages_gets_one_request_per_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server from before `batch` (its initial metadata says nothing): requests go one by one.
+    monkeypatch.setattr(server_module, "BATCH_METADATA", ())
+    async with serving() as ([server], transport):
+        replies = await asyncio.gather(*(transport.call(call("/echo", f"r{i}")) for i in range(30)))
+        assert [r.request_id for r in replies] == [f"r{i}" for i in range(30)]
+        lane = next(lane for lane in transport._mux._lanes if lane is not None)
+        assert not lane.coalesce
+        assert server.processor.messages_in == 30
+
+
+@in_loop
+async def test_a_caller_that_does_not_read_joined_messages_gets_one_response_per_message() -> None:
+    # A caller from before `batch` (no plait-batch metadata): every response comes alone.
+    async with serving() as ([server], _transport):
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            exchange = channel.stream_stream(
+                "/plait.v1.Plait/ProcessStream",
+                request_serializer=pb.Request.SerializeToString,
+                response_deserializer=pb.Response.FromString,
+            )
+
+            async def requests() -> AsyncIterator[pb.Request]:
+                for i in range(20):
+                    yield pb.Request(request_id=f"r{i}", endpoint="/echo", docs=b"x")
+
+            responses = [r async for r in exchange(requests(), timeout=10)]
+        assert sorted(r.request_id for r in responses) == sorted(f"r{i}" for i in range(20))
+        assert not any(r.batch for r in responses)
+        assert server.processor.messages_out == 20
+
+
+def test_a_carrier_holds_what_fits_and_a_large_message_goes_alone() -> None:
+    big = lanes.BATCH_MAX_BYTES // 2 + 1
+    queue = collections.deque([b"a" * 10, b"b" * 10, b"c" * big, b"d" * big, b"e" * 10])
+    taken = [lanes.take_batch(queue, len, lambda _: True) for _ in range(2)]
+    assert [[len(p) for p in t] for t in taken] == [[10, 10, big], [big, 10]]
+    assert not queue
+    # Only what `fits` joins: the carrier stops at the first item that does not.
+    mixed = collections.deque([b"1", b"2", None, b"3"])
+    assert lanes.take_batch(mixed, lambda p: len(p or b""), lambda p: p is not None) == [b"1", b"2"]
+    assert list(mixed) == [None, b"3"]
+    alone = collections.deque([b"x" * (lanes.BATCH_MAX_BYTES * 2), b"y"])
+    assert lanes.take_batch(alone, len, lambda _: True) == [b"x" * (lanes.BATCH_MAX_BYTES * 2)]
+    # A joined message parses as the messages it carries, in order.
+    parts = [pb.Request(request_id=f"r{i}", docs=b"z" * i).SerializeToString() for i in range(300)]
+    carrier = pb.Request.FromString(lanes.join_requests(parts))
+    assert [r.request_id for r in carrier.batch] == [f"r{i}" for i in range(300)]
+    assert carrier.batch[299].docs == b"z" * 299 and not carrier.request_id
+    assert lanes.join_requests(parts[:1]) == parts[0]
+
+
+@in_loop
 async def test_a_caller_cancelled_mid_write_does_not_end_the_stream_for_the_others() -> None:
     # grpc.aio cancels a whole call when one of its writes is cancelled: a caller giving up while
     # its (large, flow-controlled) message is still being written must not take the lane with it.
@@ -347,8 +430,8 @@ async def test_a_caller_cancelled_mid_write_does_not_end_the_stream_for_the_othe
         release = asyncio.Event()
         real_write = lane.rpc.write
 
-        async def slow_write(message: pb.Request) -> None:
-            if message.request_id == "slow":
+        async def slow_write(message: bytes) -> None:
+            if pb.Request.FromString(message).request_id == "slow":
                 try:
                     await release.wait()  # a write held up, as by HTTP/2 flow control
                 except asyncio.CancelledError:

@@ -14,6 +14,7 @@ supervises it (a Deployment, a Flow, Kubernetes) starts a fresh one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,7 @@ from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
+from plait.wire.lanes import BATCH_KEY, BATCH_METADATA, join_responses, take_batch
 from plait.wire.retry import SHUTTING_DOWN
 from plait.wire.status import error_reply, message_timeout
 
@@ -110,26 +112,36 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         except PlaitError as e:
             await abort_with(context, e)
 
-    async def ProcessStream(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.Response]:
+    async def ProcessStream(self, request_iterator: Any, context: Any) -> AsyncIterator[bytes]:
         """Requests as messages of one long-lived call (how plait's gRPC client sends unary calls):
         each runs concurrently (up to ``STREAM_WINDOW`` per stream) under its own ``timeout`` and
         the stream's deadline; a ``cancel`` message stops the request it names, unanswered. A failed
         request is answered with ``error``; the stream goes on. When the caller goes away, every
-        request of the stream is cancelled."""
+        request of the stream is cancelled. A caller that reads joined responses (``plait-batch``
+        in its metadata) gets those that are ready at once in one message; joined requests
+        (``Request.batch``) are read as if they had come one by one. Yields serialized responses."""
+        metadata = context.invocation_metadata() or ()
         if self._trace_context:
-            incoming.set(trace_headers(context.invocation_metadata() or ()))
-        # At once, so the caller knows its stream was accepted before it sends (plait.wire.lanes).
-        await context.send_initial_metadata(())
-        queue: asyncio.Queue[pb.Response | PlaitError | None] = asyncio.Queue()
+            incoming.set(trace_headers(metadata))
+        coalesce = any(key == BATCH_KEY for key, _ in metadata)
+        # At once, so the caller knows its stream was accepted before it sends (plait.wire.lanes),
+        # and that it may join requests.
+        await context.send_initial_metadata(BATCH_METADATA)
+        ready: collections.deque[bytes | PlaitError | None] = collections.deque()
+        wake = asyncio.Event()
         window = asyncio.Semaphore(self._stream_window)
         running: dict[str, asyncio.Task[None]] = {}
         drained = False
+
+        def put(item: pb.Response | PlaitError | None) -> None:
+            ready.append(item.SerializeToString() if isinstance(item, pb.Response) else item)
+            wake.set()
 
         def end_if_drained() -> None:
             nonlocal drained
             if self._draining and not running and not drained:
                 drained = True
-                queue.put_nowait(None)
+                put(None)
 
         async def one(request: pb.Request) -> None:
             try:
@@ -138,37 +150,47 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                 window.release()
                 if running.get(request.request_id) is asyncio.current_task():
                     del running[request.request_id]
-            await queue.put(response)
+            put(response)
             end_if_drained()
 
         async def read_all() -> None:
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    async for request in request_iterator:
-                        if isinstance(request, MalformedMessage):  # its id is unknown: end the call
-                            await queue.put(request.error)
+                    async for message in request_iterator:
+                        if isinstance(message, MalformedMessage):  # its id is unknown: end the call
+                            put(message.error)
                             return
-                        if request.cancel:  # the caller gave up on this one: stop its work
-                            task = running.pop(request.request_id, None)
-                            if task is not None:
-                                task.cancel()
-                            continue
-                        if self._draining:
-                            await queue.put(_shutting_down(request.request_id))
-                            continue
-                        await window.acquire()
-                        running[request.request_id] = tasks.create_task(one(request))
+                        for request in message.batch or (message,):
+                            if request.cancel:  # the caller gave up on this one: stop its work
+                                task = running.pop(request.request_id, None)
+                                if task is not None:
+                                    task.cancel()
+                                continue
+                            if self._draining:
+                                put(_shutting_down(request.request_id))
+                                continue
+                            await window.acquire()
+                            running[request.request_id] = tasks.create_task(one(request))
             finally:
-                await queue.put(None)
+                put(None)
 
         self._streams.add(end_if_drained)
         reader = asyncio.create_task(read_all())
         try:
             end_if_drained()
-            while (item := await queue.get()) is not None:
-                if isinstance(item, PlaitError):
-                    await abort_with(context, item)
-                yield item
+            while True:
+                while not ready:
+                    wake.clear()
+                    await wake.wait()
+                head = ready[0]
+                if head is None:
+                    break
+                if isinstance(head, PlaitError):
+                    await abort_with(context, head)
+                if coalesce:
+                    yield join_responses(take_batch(ready, len, _is_bytes))
+                else:
+                    yield ready.popleft()  # type: ignore[misc]
             if not drained:
                 await reader
         finally:
@@ -200,6 +222,10 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         if isinstance(request, MalformedMessage):
             await abort_with(context, request.error)
         return self._description
+
+
+def _is_bytes(item: object) -> bool:
+    return type(item) is bytes
 
 
 def _shutting_down(request_id: str) -> pb.Response:

@@ -57,7 +57,10 @@ def add_plait_servicer(servicer: Any, server: grpc.aio.Server) -> None:
             servicer.Stream, request_deserializer=parse_request, response_serializer=out
         ),
         "ProcessStream": grpc.stream_stream_rpc_method_handler(
-            servicer.ProcessStream, request_deserializer=parse_request, response_serializer=out
+            # it yields serialized responses (several may be joined into one message)
+            servicer.ProcessStream,
+            request_deserializer=parse_request,
+            response_serializer=None,
         ),
         "Describe": grpc.unary_unary_rpc_method_handler(
             servicer.Describe,

@@ -18,6 +18,11 @@ What a unary call gives is kept:
 - **errors**: a failed request is answered with the error's details; the lane goes on.
 - **failover**: a lane that could not be opened (refused, no replica ready) fails its requests
   with UNAVAILABLE "never started"; they are sent again on a new lane (``with_retries``).
+- **coalescing**: requests that wait while a write is in flight go out together, as one message
+  (``Request.batch``), and a server sends the responses that are ready together
+  (``Response.batch``), each side only once the other said it reads them (``plait-batch``
+  metadata). Under load this divides grpc.aio's per-message cost (a poller-thread hop and a
+  syscall per send and per receive) among the requests; a lone request goes out alone, at once.
 - **balancing**: one lane per server address (each on a channel of its own), picked in turn,
   passing over for a moment an address that refused one; a lane is replaced after
   ``LANE_MAX_AGE`` seconds (so a client follows new replicas behind DNS, as a server's maximum
@@ -28,6 +33,7 @@ What a unary call gives is kept:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -54,18 +60,69 @@ LANE_IDLE = 20.0
 _END_WAIT_S = 1.0
 """How long a failed write waits for the call's status before giving the call up."""
 
+BATCH_KEY = "plait-batch"
+"""Metadata key by which each end of a ``ProcessStream`` says it reads several messages in one."""
+BATCH_METADATA = ((BATCH_KEY, "1"),)
+BATCH_MAX_BYTES = 256 * 1024
+"""Messages join one carrier up to this many bytes; a larger message goes alone."""
+BATCH_MAX_COUNT = 256
+
+_REQUEST_BATCH_TAG = b"\x4a"  # field 9 (Request.batch), length-delimited
+_RESPONSE_BATCH_TAG = b"\x2a"  # field 5 (Response.batch), length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _carrier(tag: bytes, parts: Sequence[bytes]) -> bytes:
+    """One message whose repeated ``batch`` field holds ``parts`` (each a serialized message):
+    protobuf encodes a repeated message field as the concatenation of its tagged elements."""
+    return b"".join(b"".join((tag, _varint(len(part)), part)) for part in parts)
+
+
+def join_requests(parts: Sequence[bytes]) -> bytes:
+    """Serialized ``Request``s as one serialized ``Request`` carrying them in ``batch``."""
+    return parts[0] if len(parts) == 1 else _carrier(_REQUEST_BATCH_TAG, parts)
+
+
+def join_responses(parts: Sequence[bytes]) -> bytes:
+    """Serialized ``Response``s as one serialized ``Response`` carrying them in ``batch``."""
+    return parts[0] if len(parts) == 1 else _carrier(_RESPONSE_BATCH_TAG, parts)
+
+
+def take_batch(queue: Any, size: Callable[[Any], int], fits: Callable[[Any], bool]) -> list[Any]:
+    """Pop from the left of ``queue`` (a deque, not empty) what goes in one carrier: its first item,
+    then the next while ``fits(item)``, under ``BATCH_MAX_BYTES`` and ``BATCH_MAX_COUNT``."""
+    first = queue.popleft()
+    taken = [first]
+    total = size(first)
+    while queue and len(taken) < BATCH_MAX_COUNT and fits(queue[0]):
+        total += size(queue[0])
+        if total > BATCH_MAX_BYTES:
+            break
+        taken.append(queue.popleft())
+    return taken
+
+
 OpenStream = Callable[[], Any]
 """Opens one ``ProcessStream`` call (a ``grpc.aio.StreamStreamCall`` with no request iterator)."""
 
 
 def stream_opener(channel: grpc.aio.Channel, metadata: Any = None) -> OpenStream:
     """Opens ``ProcessStream`` calls on ``channel`` (with ``metadata``: credentials)."""
+    # Lanes write serialized requests (bytes: several may be joined into one message).
     multicallable = channel.stream_stream(
         f"/{SERVICE_NAME}/ProcessStream",
-        request_serializer=pb.Request.SerializeToString,
+        request_serializer=None,
         response_deserializer=pb.Response.FromString,
     )
-    return functools.partial(multicallable, metadata=metadata)
+    return functools.partial(multicallable, metadata=(*(metadata or ()), *BATCH_METADATA))
 
 
 class _Lane:
@@ -78,7 +135,10 @@ class _Lane:
         self.dead = False
         self.retiring = False
         self.error: grpc.RpcError | None = None
-        self._write_lock = asyncio.Lock()
+        self.coalesce = False
+        """Whether the server reads joined requests (it says so in its initial metadata)."""
+        self._outbox: collections.deque[tuple[bytes, asyncio.Future[None]]] = collections.deque()
+        self._flusher: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         self._idle: asyncio.TimerHandle | None = None
         self._write_failed = False
@@ -90,7 +150,8 @@ class _Lane:
 
     async def _accept(self) -> None:
         with contextlib.suppress(Exception):
-            await self.rpc.initial_metadata()
+            metadata = await self.rpc.initial_metadata()
+            self.coalesce = any(key == BATCH_KEY for key, _ in metadata or ())
 
     def usable(self, now: float) -> bool:
         return not self.dead and not self.retiring and now - self.opened < LANE_MAX_AGE
@@ -136,19 +197,44 @@ class _Lane:
         return response
 
     async def _write(self, message: pb.Request) -> None:
-        """Write ``message`` after those before it. The write runs in a task of its own, shielded
-        from the caller: grpc.aio cancels the whole call when a write is cancelled, which would
-        fail every other request on the lane."""
-        await asyncio.shield(self._spawn(self._write_in_turn(message)))
+        """Write ``message`` after those before it. Writes happen in a task of their own (the
+        flusher), shielded from the caller: grpc.aio cancels the whole call when a write is
+        cancelled, which would fail every other request on the lane. Messages that queue while a
+        write is in flight go out together, in one carrier, once the server reads those."""
+        sent = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(_seen)
+        self._outbox.append((message.SerializeToString(), sent))
+        if self._flusher is None:
+            self._flusher = self._spawn(self._flush())
+        await asyncio.shield(sent)
 
-    async def _write_in_turn(self, message: pb.Request) -> None:
-        async with self._write_lock:
-            try:
-                await self.rpc.write(message)
-            except Exception:
-                # grpc.aio then records INTERNAL as the call's status, over the server's own.
-                self._write_failed = True
-                raise
+    async def _flush(self) -> None:
+        outbox = self._outbox
+        batch: list[tuple[bytes, asyncio.Future[None]]] = []
+        try:
+            while outbox:
+                batch = take_batch(outbox, _outgoing_size, _always) if self.coalesce else [outbox.popleft()]
+                try:
+                    await self.rpc.write(join_requests([data for data, _ in batch]))
+                except Exception as e:
+                    # grpc.aio then records INTERNAL as the call's status, over the server's own.
+                    self._write_failed = True
+                    for _, sent in batch:
+                        if not sent.done():
+                            sent.set_exception(e)
+                else:
+                    for _, sent in batch:
+                        if not sent.done():
+                            sent.set_result(None)
+                batch = []
+        finally:
+            self._flusher = None
+            if batch or outbox:  # cancelled (the loop is closing): nothing more goes out
+                gone = _not_sent("the stream closed")
+                for _, sent in (*batch, *outbox):
+                    if not sent.done():
+                        sent.set_exception(gone)
+                outbox.clear()
 
     def _cancel_remote(self, rid: str) -> None:
         async def send_cancel() -> None:
@@ -179,9 +265,10 @@ class _Lane:
                     # is still pending was never read.
                     error = _not_sent("the server closed the stream (shutting down?)")
                     break
-                future = self.pending.pop(response.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(response)
+                for one in response.batch or (response,):
+                    future = self.pending.pop(one.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(one)
                 if self.retiring and not self.pending:
                     await self._close_writing()
         except grpc.RpcError as e:
@@ -226,8 +313,9 @@ class _Lane:
 
     async def _close_writing(self) -> None:
         with contextlib.suppress(Exception):
-            async with self._write_lock:
-                await self.rpc.done_writing()
+            while self._flusher is not None:  # what is queued goes out first
+                await asyncio.shield(self._flusher)
+            await self.rpc.done_writing()
 
     async def close(self) -> None:
         if self._idle is not None:
@@ -257,6 +345,19 @@ class _LaneEnded(grpc.RpcError):  # type: ignore[misc]
 
     def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return () if self._blob is None else ((ERROR_METADATA_KEY, self._blob),)
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # seen, even when the caller stopped waiting for it
+
+
+def _outgoing_size(item: tuple[bytes, asyncio.Future[None]]) -> int:
+    return len(item[0])
+
+
+def _always(_: object) -> bool:
+    return True
 
 
 def _failed(blob: bytes) -> _LaneEnded:

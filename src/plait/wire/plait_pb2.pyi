@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix", "timeout", "cancel")
+    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix", "timeout", "cancel", "batch")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class Request(_message.Message):
     DOCS_MATRIX_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     parameters: bytes
@@ -24,19 +25,22 @@ class Request(_message.Message):
     docs_matrix: _containers.RepeatedScalarFieldContainer[bytes]
     timeout: float
     cancel: bool
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ..., timeout: _Optional[float] = ..., cancel: _Optional[bool] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[Request]
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ..., timeout: _Optional[float] = ..., cancel: _Optional[bool] = ..., batch: _Optional[_Iterable[_Union[Request, _Mapping]]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "docs", "parameters", "error")
+    __slots__ = ("request_id", "docs", "parameters", "error", "batch")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DOCS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     docs: bytes
     parameters: bytes
     error: bytes
-    def __init__(self, request_id: _Optional[str] = ..., docs: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., error: _Optional[bytes] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[Response]
+    def __init__(self, request_id: _Optional[str] = ..., docs: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., error: _Optional[bytes] = ..., batch: _Optional[_Iterable[_Union[Response, _Mapping]]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

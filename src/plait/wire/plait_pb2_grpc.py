@@ -75,7 +75,9 @@ class PlaitServicer:
 
     def ProcessStream(self, request_iterator, context):
         """Many requests pipelined over one stream; responses carry the request_id they answer, in the
-        order they finish. A failed request gets a Response with `error`; the stream goes on.
+        order they finish. A failed request gets a Response with `error`; the stream goes on. Both sides
+        may put several messages in one (`batch`) once the other has said it reads them (`plait-batch`
+        metadata: the caller's invocation metadata, the server's initial metadata).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
