@@ -36,6 +36,7 @@ from plait import Client, DocList, Document, Executor, Flow, requests
 from plait.errors import UnavailableError
 
 WARMUP = 20
+HOST = "127.0.0.1"
 
 
 class Msg(Document):
@@ -79,14 +80,14 @@ def one_round(n: int, counter_dir: Path) -> dict[str, Any]:
     for f in counter_dir.glob("refused-*"):
         f.unlink()
     flow = (
-        Flow(protocol="grpc")
+        Flow(host=HOST, protocol="grpc")
         .add(name="flaky", uses=Flaky, uses_with={"counter_dir": str(counter_dir)}, replicas=2)
         .add(name="extra", uses=Extra, needs="flaky")
     )
     docs = DocList[Msg]([Msg(text="x")])
     endpoints = ("/echo", "/echo2", "/flaky")
     samples: dict[str, list[float]] = {e: [] for e in endpoints}
-    with flow, Client(port=flow.port) as client:
+    with flow, Client(HOST, flow.port) as client:
         for i in range(WARMUP + n):
             # Interleaved, so the machine's load drifts over all three endpoints alike.
             for endpoint in endpoints:
