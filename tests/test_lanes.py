@@ -132,10 +132,10 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Server:
-    def __init__(self, processor: Scripted) -> None:
+    def __init__(self, processor: Scripted, options: ServerOptions | None = None) -> None:
         self.processor = processor
         self.port = free_port("127.0.0.1")
-        self.grpc = GrpcServer(processor, "127.0.0.1", self.port, ServerOptions())
+        self.grpc = GrpcServer(processor, "127.0.0.1", self.port, options or ServerOptions())
         self.address = f"127.0.0.1:{self.port}"
 
     @property
@@ -356,7 +356,7 @@ async def test_requests_that_wait_for_a_write_go_out_together_and_so_do_their_re
         assert [r.request_id for r in replies] == [f"r{i}" for i in range(50)]
         assert {r.docs for r in replies} == {b"xa"}
         lane = next(lane for lane in transport._mux._lanes if lane is not None)
-        assert lane.coalesce  # the server said it reads joined requests
+        assert lane.batch_limit == lanes.BATCH_MAX_BYTES  # the server reads joined requests
         processor = server.processor
         assert sorted(processor.started) == sorted(f"r{i}" for i in range(50))
         # 50 requests queued at once: a handful of messages each way, not 50.
@@ -370,12 +370,12 @@ async def test_a_server_that_does_not_announce_joined_messages_gets_one_request_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A server from before `batch` (its initial metadata says nothing): requests go one by one.
-    monkeypatch.setattr(server_module, "BATCH_METADATA", ())
+    monkeypatch.setattr(server_module, "batch_metadata", lambda limit: ())
     async with serving() as ([server], transport):
         replies = await asyncio.gather(*(transport.call(call("/echo", f"r{i}")) for i in range(30)))
         assert [r.request_id for r in replies] == [f"r{i}" for i in range(30)]
         lane = next(lane for lane in transport._mux._lanes if lane is not None)
-        assert not lane.coalesce
+        assert lane.batch_limit is None
         assert server.processor.messages_in == 30
 
 
@@ -400,8 +400,33 @@ async def test_a_caller_that_does_not_read_joined_messages_gets_one_response_per
         assert server.processor.messages_out == 20
 
 
+@in_loop
+async def test_joined_messages_stay_under_the_receivers_message_size_limits() -> None:
+    # Each request and response alone fits the limits; 30 of them together would not.
+    limit = 64 * 1024
+    server = await started(Server(Scripted(), ServerOptions(max_request_bytes=limit)))
+    transport = GrpcTransport([server.address], max_message_size=limit)
+    try:
+        docs = b"d" * 10_000
+        calls = [
+            transport.call(Call(endpoint="/echo", docs=docs, parameters={}, request_id=f"r{i}"))
+            for i in range(30)
+        ]
+        replies = await asyncio.gather(*calls)
+        assert [r.request_id for r in replies] == [f"r{i}" for i in range(30)]
+        assert all(r.docs == docs + b"a" for r in replies)
+        lane = next(lane for lane in transport._mux._lanes if lane is not None)
+        assert lane.batch_limit == limit  # what the server announced
+        # Joined (fewer messages than requests), but never more than ~6 requests per carrier.
+        assert 30 / 6 <= server.processor.messages_in < 30
+        assert 30 / 6 <= server.processor.messages_out < 30
+    finally:
+        await transport.close()
+        await server.stop()
+
+
 def test_a_carrier_holds_what_fits_and_a_large_message_goes_alone() -> None:
-    big = lanes.BATCH_MAX_BYTES // 2 + 1
+    big = lanes.BATCH_MAX_BYTES // 2 - 10  # two of them (with their framing) do not fit one carrier
     queue = collections.deque([b"a" * 10, b"b" * 10, b"c" * big, b"d" * big, b"e" * 10])
     taken = [lanes.take_batch(queue, len, lambda _: True) for _ in range(2)]
     assert [[len(p) for p in t] for t in taken] == [[10, 10, big], [big, 10]]
@@ -412,6 +437,14 @@ def test_a_carrier_holds_what_fits_and_a_large_message_goes_alone() -> None:
     assert list(mixed) == [None, b"3"]
     alone = collections.deque([b"x" * (lanes.BATCH_MAX_BYTES * 2), b"y"])
     assert lanes.take_batch(alone, len, lambda _: True) == [b"x" * (lanes.BATCH_MAX_BYTES * 2)]
+    # A receiver's lower limit bounds the carrier, its framing included.
+    small = collections.deque([b"s" * 94] * 10)
+    assert len(lanes.take_batch(small, len, lambda _: True, limit=500)) == 5
+    assert lanes.batch_limit([("plait-batch", "0")]) == lanes.BATCH_MAX_BYTES
+    assert lanes.batch_limit([("plait-batch", "1000")]) == 1000
+    assert lanes.batch_limit([("plait-batch", str(10**9))]) == lanes.BATCH_MAX_BYTES
+    assert lanes.batch_limit([("other", "1")]) is None
+    assert lanes.batch_limit([("plait-batch", "many")]) is None
     # A joined message parses as the messages it carries, in order.
     parts = [pb.Request(request_id=f"r{i}", docs=b"z" * i).SerializeToString() for i in range(300)]
     carrier = pb.Request.FromString(lanes.join_requests(parts))

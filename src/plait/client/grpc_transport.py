@@ -63,7 +63,11 @@ class GrpcTransport(Transport):
         self._health = health_pb2_grpc.HealthStub(channel)
         # Unary calls go as messages of ProcessStream calls (plait.wire.lanes), one per address.
         self._mux = StreamMux.per_address(
-            channel, self.addresses, lambda a: self._open_channel([a]), self._metadata
+            channel,
+            self.addresses,
+            lambda a: self._open_channel([a]),
+            self._metadata,
+            receive_limit=self.max_message_size,
         )
 
     def _open_channel(self, addresses: Sequence[str]) -> grpc.aio.Channel:

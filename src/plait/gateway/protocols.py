@@ -66,7 +66,7 @@ class GrpcServer(ProtocolServer):
             options=[*options, *grpc_limit_options(self.options)],
             interceptors=grpc_interceptors(self.options),
         )
-        self._servicer = PlaitServicer(self.processor)
+        self._servicer = PlaitServicer(self.processor, receive_limit=self.options.max_request_bytes)
         add_plait_servicer(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:

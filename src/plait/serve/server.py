@@ -41,7 +41,7 @@ from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage, add_plait_servicer
 from plait.wire import SERVICE_NAME, abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
-from plait.wire.lanes import BATCH_KEY, BATCH_METADATA, join_responses, take_batch
+from plait.wire.lanes import batch_limit, batch_metadata, join_responses, take_batch
 from plait.wire.retry import SHUTTING_DOWN
 from plait.wire.status import error_reply, message_timeout
 
@@ -71,8 +71,13 @@ def _remaining(context: Any) -> float | None:
 class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
     """``plait.v1.Plait`` over any :class:`Processor` (an executor's handler or a Flow's router)."""
 
-    def __init__(self, processor: Processor, *, stream_window: int = STREAM_WINDOW) -> None:
+    def __init__(
+        self, processor: Processor, *, stream_window: int = STREAM_WINDOW, receive_limit: int | None = None
+    ) -> None:
+        """``receive_limit``: the server's largest message received, in bytes (None: no limit);
+        callers keep joined requests under it."""
         self.handler = processor
+        self._batch_metadata = batch_metadata(receive_limit)
         self._stream_window = stream_window
         self._description = processor.describe()
         self._trace_context = bool(getattr(processor, "wants_trace_context", False))
@@ -123,10 +128,10 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         metadata = context.invocation_metadata() or ()
         if self._trace_context:
             incoming.set(trace_headers(metadata))
-        coalesce = any(key == BATCH_KEY for key, _ in metadata)
+        limit = batch_limit(metadata)  # None: the caller reads no joined responses
         # At once, so the caller knows its stream was accepted before it sends (plait.wire.lanes),
         # and that it may join requests.
-        await context.send_initial_metadata(BATCH_METADATA)
+        await context.send_initial_metadata(self._batch_metadata)
         ready: collections.deque[bytes | PlaitError | None] = collections.deque()
         wake = asyncio.Event()
         window = asyncio.Semaphore(self._stream_window)
@@ -187,8 +192,8 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                     break
                 if isinstance(head, PlaitError):
                     await abort_with(context, head)
-                if coalesce:
-                    yield join_responses(take_batch(ready, len, _is_bytes))
+                if limit is not None:
+                    yield join_responses(take_batch(ready, len, _is_bytes, limit))
                 else:
                     yield ready.popleft()  # type: ignore[misc]
             if not drained:
@@ -334,7 +339,7 @@ class ExecutorServer:
         # A gateway sends every request for this replica on one stream: let the admission limit,
         # not the stream's window, decide what waits and what is refused (RESOURCE_EXHAUSTED).
         window = (cfg.max_concurrent or UNLIMITED_STREAM_WINDOW) + cfg.max_queue + 1
-        self._servicer = PlaitServicer(processor, stream_window=window)
+        self._servicer = PlaitServicer(processor, stream_window=window, receive_limit=cfg.max_message_size)
         add_plait_servicer(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = internal_server_credentials(cfg.internal_tls) if cfg.internal_tls else None

@@ -61,11 +61,33 @@ _END_WAIT_S = 1.0
 """How long a failed write waits for the call's status before giving the call up."""
 
 BATCH_KEY = "plait-batch"
-"""Metadata key by which each end of a ``ProcessStream`` says it reads several messages in one."""
-BATCH_METADATA = ((BATCH_KEY, "1"),)
+"""Metadata key by which each end of a ``ProcessStream`` says it reads several messages in one; its
+value is the largest message that end receives, in bytes (0: no limit of its own)."""
 BATCH_MAX_BYTES = 256 * 1024
-"""Messages join one carrier up to this many bytes; a larger message goes alone."""
+"""Messages join one carrier up to this many bytes (or the receiver's limit, if lower); a larger
+message goes alone."""
 BATCH_MAX_COUNT = 256
+_PART_OVERHEAD = 6
+"""Bytes a message takes in a carrier besides its own: the field's tag and a length of 5 bytes at most."""
+
+
+def batch_metadata(receive_limit: int | None) -> tuple[tuple[str, str], ...]:
+    """The metadata entry saying this end reads joined messages of up to ``receive_limit`` bytes."""
+    return ((BATCH_KEY, str(max(receive_limit or 0, 0))),)
+
+
+def batch_limit(metadata: Any) -> int | None:
+    """How large a carrier may be for the end that sent ``metadata``; None when it does not read
+    joined messages (it sent no ``plait-batch``: a peer from before them)."""
+    for key, value in metadata or ():
+        if key == BATCH_KEY:
+            try:
+                limit = int(value)
+            except (TypeError, ValueError):
+                return None
+            return BATCH_MAX_BYTES if limit <= 0 else min(BATCH_MAX_BYTES, limit)
+    return None
+
 
 _REQUEST_BATCH_TAG = b"\x4a"  # field 9 (Request.batch), length-delimited
 _RESPONSE_BATCH_TAG = b"\x2a"  # field 5 (Response.batch), length-delimited
@@ -96,15 +118,18 @@ def join_responses(parts: Sequence[bytes]) -> bytes:
     return parts[0] if len(parts) == 1 else _carrier(_RESPONSE_BATCH_TAG, parts)
 
 
-def take_batch(queue: Any, size: Callable[[Any], int], fits: Callable[[Any], bool]) -> list[Any]:
-    """Pop from the left of ``queue`` (a deque, not empty) what goes in one carrier: its first item,
-    then the next while ``fits(item)``, under ``BATCH_MAX_BYTES`` and ``BATCH_MAX_COUNT``."""
+def take_batch(
+    queue: Any, size: Callable[[Any], int], fits: Callable[[Any], bool], limit: int = BATCH_MAX_BYTES
+) -> list[Any]:
+    """Pop from the left of ``queue`` (a deque, not empty) what goes in one carrier of at most
+    ``limit`` bytes: its first item (alone if it is that large), then the next while
+    ``fits(item)``, up to ``BATCH_MAX_COUNT`` items."""
     first = queue.popleft()
     taken = [first]
-    total = size(first)
+    total = size(first) + _PART_OVERHEAD
     while queue and len(taken) < BATCH_MAX_COUNT and fits(queue[0]):
-        total += size(queue[0])
-        if total > BATCH_MAX_BYTES:
+        total += size(queue[0]) + _PART_OVERHEAD
+        if total > limit:
             break
         taken.append(queue.popleft())
     return taken
@@ -114,15 +139,18 @@ OpenStream = Callable[[], Any]
 """Opens one ``ProcessStream`` call (a ``grpc.aio.StreamStreamCall`` with no request iterator)."""
 
 
-def stream_opener(channel: grpc.aio.Channel, metadata: Any = None) -> OpenStream:
-    """Opens ``ProcessStream`` calls on ``channel`` (with ``metadata``: credentials)."""
+def stream_opener(
+    channel: grpc.aio.Channel, metadata: Any = None, receive_limit: int | None = None
+) -> OpenStream:
+    """Opens ``ProcessStream`` calls on ``channel`` (with ``metadata``: credentials), saying they
+    read joined responses of up to ``receive_limit`` bytes (the channel's own limit; None: none)."""
     # Lanes write serialized requests (bytes: several may be joined into one message).
     multicallable = channel.stream_stream(
         f"/{SERVICE_NAME}/ProcessStream",
         request_serializer=None,
         response_deserializer=pb.Response.FromString,
     )
-    return functools.partial(multicallable, metadata=(*(metadata or ()), *BATCH_METADATA))
+    return functools.partial(multicallable, metadata=(*(metadata or ()), *batch_metadata(receive_limit)))
 
 
 class _Lane:
@@ -135,8 +163,9 @@ class _Lane:
         self.dead = False
         self.retiring = False
         self.error: grpc.RpcError | None = None
-        self.coalesce = False
-        """Whether the server reads joined requests (it says so in its initial metadata)."""
+        self.batch_limit: int | None = None
+        """How large a carrier of requests may be; None: the server reads no joined requests (it
+        says so in its initial metadata)."""
         self._outbox: collections.deque[tuple[bytes, asyncio.Future[None]]] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
         self._ids = itertools.count()
@@ -150,8 +179,7 @@ class _Lane:
 
     async def _accept(self) -> None:
         with contextlib.suppress(Exception):
-            metadata = await self.rpc.initial_metadata()
-            self.coalesce = any(key == BATCH_KEY for key, _ in metadata or ())
+            self.batch_limit = batch_limit(await self.rpc.initial_metadata())
 
     def usable(self, now: float) -> bool:
         return not self.dead and not self.retiring and now - self.opened < LANE_MAX_AGE
@@ -213,7 +241,11 @@ class _Lane:
         batch: list[tuple[bytes, asyncio.Future[None]]] = []
         try:
             while outbox:
-                batch = take_batch(outbox, _outgoing_size, _always) if self.coalesce else [outbox.popleft()]
+                limit = self.batch_limit  # None: one message at a time
+                if limit is None:
+                    batch = [outbox.popleft()]
+                else:
+                    batch = take_batch(outbox, _outgoing_size, _always, limit)
                 try:
                     await self.rpc.write(join_requests([data for data, _ in batch]))
                 except Exception as e:
@@ -419,12 +451,14 @@ class StreamMux:
         addresses: Sequence[str],
         open_one: Callable[[str], grpc.aio.Channel],
         metadata: Any = None,
+        receive_limit: int | None = None,
     ) -> StreamMux:
         """A lane per address: on ``channel`` when it reaches one address only, else each on a
         channel of its own (``open_one(address)``), so that every address gets one whichever
-        connects first; the mux closes those channels, never ``channel``."""
+        connects first; the mux closes those channels, never ``channel``. ``receive_limit``: the
+        channels' largest message received, in bytes (None: no limit)."""
         own = [open_one(a) for a in addresses] if len(addresses) > 1 else []
-        return cls([stream_opener(c, metadata) for c in own or [channel]], own)
+        return cls([stream_opener(c, metadata, receive_limit) for c in own or [channel]], own)
 
     def _pick(self, now: float) -> int:
         count = len(self._lanes)
