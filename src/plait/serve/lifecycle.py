@@ -1,4 +1,5 @@
-"""The lifecycle every plait server process shares: start, serve until told to stop, drain."""
+"""The lifecycle every plait server process shares: start, serve until told to stop, drain; while
+serving, memory freed by bursts goes back to the system (:mod:`plait.serve.memory`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+
+from plait.serve.memory import trim_after_bursts
 
 log = logging.getLogger("plait.serve")
 
@@ -41,10 +44,15 @@ async def run_until_stopped(
     watcher = None
     if parent_pid is not None:
         watcher = asyncio.create_task(_watch_parent(parent_pid, stop_event, who))
+    trimmer = None
     try:
         await start()
+        # Memory a burst freed goes back to the system (plait.serve.memory).
+        trimmer = asyncio.create_task(trim_after_bursts(), name="plait-malloc-trim")
         await stop_event.wait()
     finally:
         if watcher is not None:
             watcher.cancel()
+        if trimmer is not None:
+            trimmer.cancel()
         await stop()
