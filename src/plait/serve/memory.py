@@ -3,7 +3,8 @@
 glibc's malloc keeps what a burst of large requests freed (in its heap and in the arenas of the
 threads gRPC runs) for reuse, so a replica that served one big batch would hold that memory until
 it exits. Every ``CHECK_S`` seconds a server process reads its resident size; when it has grown by
-``GROWTH_BYTES`` since the last look, it calls ``malloc_trim(0)``, which hands free pages back.
+``GROWTH_BYTES`` over its lowest since the last trim, it calls ``malloc_trim(0)``, which hands
+free pages back.
 Steady traffic reuses what it frees, so this seldom runs. Where there is no glibc (musl, macOS),
 nothing is done.
 """
@@ -20,7 +21,7 @@ log = logging.getLogger("plait.serve")
 CHECK_S = 2.0
 """Seconds between two looks at the process's resident size."""
 GROWTH_BYTES = 2 * 1024 * 1024
-"""Growth of the resident size since the last look (or trim) that triggers a trim."""
+"""Growth of the resident size (over its lowest since the last trim) that triggers a trim."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -62,5 +63,6 @@ async def trim_after_bursts(check_s: float = CHECK_S, growth: int = GROWTH_BYTES
             trim()  # a few milliseconds at most; it runs rarely, after a burst
             after = resident_bytes() or now
             log.debug("malloc_trim: %.1f -> %.1f MB resident", now / 2**20, after / 2**20)
-            now = after
-        last = now
+            last = after  # what is still resident now is in use: measure growth from here
+        else:
+            last = min(last, now)
