@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 from executors import Emb, Text, Token
 
 from plait import AnyDoc, AsyncClient, Client, Deployment, DocList
@@ -135,3 +139,36 @@ def test_async_client_concurrency(echo_deployment: Deployment) -> None:
             assert out.embedding.shape == (300, 512) and float(out.embedding.sum()) == 300 * 512 * 2
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_async_clients_in_their_own_loops_next_to_a_deployment_close_cleanly() -> None:
+    # gRPC's asyncio layer delivers events to the loop that first used it (here one of the
+    # Deployment's) and relays them to any other loop; an AsyncClient closed in asyncio.run must
+    # not leave relayed events behind for a loop that is closed by the time they arrive (each one
+    # printed "RuntimeError: Event loop is closed" at the exit of asyncio.run).
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from plait import AsyncClient, Deployment
+        from executors import Text
+
+        async def burst(port):
+            async with AsyncClient("127.0.0.1", port) as client:
+                for i in range(300):
+                    assert (await client.post("/echo", Text(text=str(i)))).text[0] == str(i)
+
+        if __name__ == "__main__":
+            with Deployment(uses="executors:Echo", host="127.0.0.1", quiet=True) as dep:
+                for round in range(3):
+                    for _ in range(100):
+                        assert dep.post("/echo", Text(text="s")).text[0] == "s"
+                    asyncio.run(burst(dep.port))
+            print("done")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "done"
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]

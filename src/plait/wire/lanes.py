@@ -352,9 +352,14 @@ class _Lane:
     async def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        self._accepted.cancel()
         self.rpc.cancel()
-        self._reader.cancel()
+        # The reader ends once gRPC has delivered the cancelled read; it is only cancelled if that
+        # takes long. Ending with the stream's own events delivered matters when gRPC relays them
+        # to this loop from another one (a process whose first gRPC loop is another thread's):
+        # events still on their way when this loop closes would find it closed.
+        await asyncio.wait({self._reader, self._accepted}, timeout=_END_WAIT_S)
+        for task in (self._reader, self._accepted):
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
 
