@@ -105,6 +105,26 @@ class _Shard:
         await self.channel.close()
 
 
+async def _until_listening(addresses: Sequence[str], deadline: float | None) -> None:
+    """Return once one of ``addresses`` (``host:port``) accepts TCP connections, or at ``deadline``
+    (the caller's first call then reports why); at once for names the channel resolves itself."""
+    if any(":" not in a or a.startswith(("dns:", "unix:", "ipv4:", "ipv6:")) for a in addresses):
+        return
+    targets = [a.rpartition(":") for a in addresses]
+    while deadline is None or time.monotonic() < deadline:
+        for host, _, port in targets:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 0.5)
+            except (OSError, ValueError, TimeoutError):
+                continue
+            writer.close()
+            return
+        await asyncio.sleep(_LISTEN_POLL_S)
+
+
+_LISTEN_POLL_S = 0.02
+
+
 class _Node:
     """One executor node at run time."""
 
@@ -206,6 +226,9 @@ class Router:
         deadline = time.monotonic() + timeout if timeout >= 0 else None
 
         async def one(node: _Node) -> None:
+            # Not before an executor listens: a refused connection puts the channel in reconnect
+            # backoff (growing to 1 s), which would delay discovery well past the executor's start.
+            await _until_listening(node.shards[0].addresses, deadline)
             while True:
                 try:
                     node.description = await node.shards[0].describe(pb.DescribeRequest(), timeout=2.0)

@@ -48,7 +48,7 @@ from plait.security.auth import AuthCheck
 
 log = logging.getLogger("plait.orchestrate")
 
-READY_POLL_S = 0.05
+READY_POLL_S = 0.02
 
 
 class Deployment(Orchestration):

@@ -151,6 +151,8 @@ class ChildProcess:
 
     def is_serving(self, timeout: float = 0.5) -> bool:
         """Ready to serve: gRPC health says SERVING, or HTTP ``GET /ready`` answers 200."""
+        if not listening(self.probe_address):
+            return False  # not yet: a refused TCP connect costs less than a refused probe
         security = self.probe_security
         if self.probe != "grpc":
             return _http_ready(self.probe_address, timeout, security.ssl_context if security else None)
@@ -186,6 +188,16 @@ class ChildProcess:
         return True
 
 
+def listening(address: str, timeout: float = 0.2) -> bool:
+    """Whether something accepts TCP connections at ``address`` (``host:port``)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _probe_channel(address: str, security: ClientSecurity | None) -> grpc.Channel:
     credentials = security.grpc_credentials() if security is not None else None
     if security is None or credentials is None:
@@ -210,7 +222,7 @@ def _http_ready(address: str, timeout: float, context: ssl.SSLContext | None = N
         connection.close()
 
 
-def wait_ready(children: Sequence[ChildProcess], timeout: float, poll: float = 0.05) -> None:
+def wait_ready(children: Sequence[ChildProcess], timeout: float, poll: float = 0.02) -> None:
     """Return once every child is serving; raise StartupError naming the first that is not.
 
     ``timeout`` < 0 waits forever. The error carries the child's last output lines.
