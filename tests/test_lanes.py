@@ -26,8 +26,8 @@ from plait.config import ServerOptions
 from plait.errors import DeadlineExceededError, SchemaError, UnavailableError
 from plait.gateway.protocols import GrpcServer
 from plait.orchestrate.process import free_port
-from plait.serve import server as server_module
-from plait.serve.server import PlaitServicer
+from plait.serve import servicer as servicer_module
+from plait.serve.servicer import PlaitServicer
 from plait.wire import error_from_rpc_error, lanes
 from plait.wire import plait_pb2 as pb
 
@@ -370,7 +370,7 @@ async def test_a_server_that_does_not_announce_joined_messages_gets_one_request_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A server from before `batch` (its initial metadata says nothing): requests go one by one.
-    monkeypatch.setattr(server_module, "batch_metadata", lambda limit: ())
+    monkeypatch.setattr(servicer_module, "batch_metadata", lambda limit: ())
     async with serving() as ([server], transport):
         replies = await asyncio.gather(*(transport.call(call("/echo", f"r{i}")) for i in range(30)))
         assert [r.request_id for r in replies] == [f"r{i}" for i in range(30)]

@@ -1,14 +1,27 @@
-"""Start-up probes: nothing is asked of a server before it listens (plait.gateway.router's
-discovery, plait.orchestrate.process.wait_ready), so no gRPC channel enters reconnect backoff."""
+"""Start-up: nothing is asked of a server before it listens (plait.gateway.router's discovery,
+plait.orchestrate.process.wait_ready), so no gRPC channel enters reconnect backoff; a gateway
+process imports only what routing needs."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import time
 
+import numpy as np
+from conftest import subprocess_env
+
+from plait import DocList, Document
+from plait.docs import encode_docs
+from plait.docs.tensor import NdArray
 from plait.gateway.router import _until_listening
 from plait.orchestrate.process import free_port, listening
+
+
+class _Vec(Document):
+    v: NdArray | None = None
 
 
 def test_listening_tells_an_open_port_from_a_closed_one() -> None:
@@ -55,3 +68,43 @@ def test_discovery_gives_up_at_the_deadline_and_skips_resolved_names() -> None:
         assert time.monotonic() - start < 1
 
     asyncio.run(main())
+
+
+def test_a_gateway_process_loads_neither_numpy_nor_the_executor_side() -> None:
+    # The gateway's whole import graph, every protocol server included: it routes codec bytes and
+    # plain rows, so document types, numpy and the executor's handler would only cost start-up
+    # time and memory.
+    code = (
+        "import sys, plait._entry, plait.gateway.runtime, plait.gateway.protocols\n"
+        "import plait.gateway.http_server, plait.gateway.websocket_server\n"
+        "from plait.config import GatewayConfig\n"
+        "heavy = ('numpy', 'plait.docs.doclist', 'plait.docs.codec', 'plait.serve.handler', "
+        "'plait.executor.base')\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)
+
+
+def test_rows_with_tensors_decode_where_numpy_was_not_loaded_yet() -> None:
+    # A gateway meets its first tensor (a `when` condition, a shard merge): numpy loads then.
+    payload = encode_docs(DocList[_Vec]([_Vec(v=np.arange(4, dtype=np.float32))]))
+    code = (
+        "import sys\n"
+        "from plait.docs.rows import decode_raw, encode_raw\n"
+        "from plait.gateway.conditions import compile_condition, filter_rows\n"
+        "assert 'numpy' not in sys.modules\n"
+        f"payload = bytes.fromhex({payload.hex()!r})\n"
+        "rows = decode_raw(payload)\n"
+        "assert rows[0]['v'].tolist() == [0.0, 1.0, 2.0, 3.0], rows\n"
+        "assert encode_raw(rows) == payload\n"
+        "import numpy as np\n"
+        "cond = compile_condition({'v': {'$eq': np.arange(4, dtype=np.float32)}})\n"
+        "assert len(filter_rows(rows, cond)) == 1\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"

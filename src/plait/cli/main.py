@@ -6,7 +6,6 @@ Heavy imports happen inside each command so ``plait --help`` and ``plait ping`` 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 import time
@@ -70,15 +69,13 @@ def _serve_blocking(orchestration: Any, banner: Callable[[Any], str]) -> None:
 
 
 def _json_option(text: str | None, what: str) -> dict[str, Any]:
-    if not text:
-        return {}
+    from plait.errors import BadRequestError  # not at import: `plait --help` loads no gRPC
+    from plait.wire.fields import parse_json_object
+
     try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise _fail(f"{what} is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise _fail(f"{what} must be a JSON object")
-    return value
+        return parse_json_object((text or "").encode(), what)
+    except BadRequestError as e:
+        raise _fail(e.message) from e
 
 
 @app.command()

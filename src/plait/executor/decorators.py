@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
-DEFAULT_ENDPOINT = "/default"
-"""Where ``@requests`` without ``on`` binds: the fallback for every endpoint not bound otherwise."""
+from plait.wire.fields import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 
 ENDPOINTS_ATTR = "__plait_endpoints__"
 IDEMPOTENT_ATTR = "__plait_idempotent__"

@@ -29,11 +29,10 @@ from __future__ import annotations
 import copy
 import operator
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-
-import numpy as np
 
 from plait.errors import ConfigError
 
@@ -251,15 +250,17 @@ def _all_values(tests: Sequence[_ValueTest]) -> _ValueTest:
 # -- operators -----------------------------------------------------------------------------------
 
 
+def _is_array(value: Any) -> bool:
+    np = sys.modules.get("numpy")  # not imported: no value can be an array
+    return np is not None and isinstance(value, np.ndarray)
+
+
 def _safe_eq(a: Any, b: Any) -> bool:
     """Equality that never raises and never returns an array."""
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (
-            isinstance(a, np.ndarray)
-            and isinstance(b, np.ndarray)
-            and a.shape == b.shape
-            and bool(np.array_equal(a, b))
-        )
+    if _is_array(a) or _is_array(b):
+        import numpy as np
+
+        return _is_array(a) and _is_array(b) and a.shape == b.shape and bool(np.array_equal(a, b))
     try:
         return bool(a == b)
     except Exception:  # e.g. lists holding arrays: their == is ambiguous
@@ -291,14 +292,14 @@ def _op_neq(arg: Any, where: str) -> _ValueTest:
 
 def _ordering(compare: Callable[[Any, Any], Any]) -> Callable[[Any, str], _ValueTest]:
     def build(arg: Any, where: str) -> _ValueTest:
-        if arg is None or isinstance(arg, Mapping | list | tuple | np.ndarray):
+        if arg is None or isinstance(arg, Mapping | list | tuple) or _is_array(arg):
             raise ConfigError(f"{where}: expected a number or str to compare with, got {arg!r}")
         same_kind = _NUMBERS if type(arg) in _NUMBERS else frozenset({type(arg)})
 
         def test(value: Any) -> bool:
             if type(value) in same_kind:  # the usual case: int/float against a number, str against str
                 return bool(compare(value, arg))
-            if value is None or isinstance(value, np.ndarray):
+            if value is None or _is_array(value):
                 return False
             try:
                 return bool(compare(value, arg))

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from google.protobuf.message import DecodeError
 
-from plait.docs import encode_raw, wire_to_json
+from plait.docs.rows import encode_raw, wire_to_json
 from plait.errors import BadRequestError, PlaitError
 from plait.wire import PROTOBUF_TYPE
 from plait.wire import plait_pb2 as pb

@@ -21,8 +21,6 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import numpy as np
-
 __all__ = ["merge_rows"]
 
 
@@ -122,7 +120,7 @@ def _maybe_structured(value: Any) -> bool:
     return isinstance(value, Mapping)
 
 
-_PLAIN: Final = frozenset({str, int, float, bool, bytes, np.ndarray})
+_PLAIN: Final = frozenset({str, int, float, bool, bytes})
 
 
 def _merge_values(values: list[Any], score_field: str) -> Any:

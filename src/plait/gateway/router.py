@@ -23,7 +23,7 @@ import grpc
 
 from plait._version import __version__
 from plait.config import GatewayConfig, GatewayExecutor
-from plait.docs import decode_raw, encode_raw
+from plait.docs.rows import decode_raw, encode_raw
 from plait.errors import (
     BadRequestError,
     DeadlineExceededError,
@@ -32,16 +32,15 @@ from plait.errors import (
     StartupError,
     UnavailableError,
 )
-from plait.executor import DEFAULT_ENDPOINT
 from plait.gateway.conditions import compile_condition, filter_rows
 from plait.gateway.reduce import merge_rows
 from plait.observe.status import status_of
 from plait.observe.tracing import Tracing
 from plait.security.tls import internal_channel_kwargs
-from plait.serve.handler import matches_target, parse_json_object
 from plait.wire import SERVICE_NAME, error_from_rpc_error
 from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
+from plait.wire.fields import DEFAULT_ENDPOINT, matches_target, parse_json_object
 from plait.wire.lanes import StreamMux, call_on_lanes
 from plait.wire.retry import with_retries
 

@@ -19,8 +19,7 @@ from plait.gateway.router import Router
 from plait.security.checks import check_security
 from plait.security.limits import bounded
 from plait.serve.lifecycle import run_until_stopped
-from plait.serve.limits import limited
-from plait.serve.server import queue_depth
+from plait.serve.limits import limited, queue_depth
 
 if TYPE_CHECKING:
     from plait.observe.instruments import Instruments

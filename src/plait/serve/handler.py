@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,41 +18,19 @@ from pydantic import ValidationError
 
 from plait._version import __version__
 from plait.docs import DocList, Document, decode_docs, encode_docs
-from plait.errors import BadRequestError, EndpointNotFoundError, ExecutorError, PlaitError, SchemaError
+from plait.errors import EndpointNotFoundError, ExecutorError, PlaitError, SchemaError
 from plait.executor import DEFAULT_ENDPOINT, EndpointSpec, Executor
 from plait.executor.batching import effective_batching
 from plait.executor.endpoints import call_endpoint, parse_parameters, stream_endpoint
 from plait.observe.tracing import Tracing
 from plait.serve.batcher import Batcher
 from plait.wire import plait_pb2 as pb
+from plait.wire.fields import matches_target, parse_json_object
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 RESULTS_KEY = "__results__"
-
-
-def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """``raw`` as a JSON object (empty bytes: ``{}``); BadRequestError naming ``what`` otherwise."""
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as e:
-        raise BadRequestError(f"{what} is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise BadRequestError(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def matches_target(pattern: str, name: str) -> bool:
-    """The ``target_executor`` rule: an empty pattern matches all; otherwise ``re.match`` on the name."""
-    if not pattern:
-        return True
-    try:
-        return re.match(pattern, name) is not None
-    except re.error as e:
-        raise BadRequestError(f"target_executor {pattern!r} is not a valid regex: {e}") from e
 
 
 class RequestHandler:

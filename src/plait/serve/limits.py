@@ -9,7 +9,7 @@ queue.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from plait.errors import ResourceExhaustedError
 from plait.serve.processor import Processor
@@ -83,3 +83,10 @@ def limited(inner: Processor, max_concurrent: int | None, max_queue: int) -> Pro
     if max_concurrent is None:
         return inner
     return AdmissionLimit(inner, max_concurrent=max_concurrent, max_queue=max_queue)
+
+
+def queue_depth(processor: Processor) -> Callable[[], float]:
+    """Requests waiting for an admission slot in ``processor`` (0 when it has no limit)."""
+    if isinstance(processor, AdmissionLimit):
+        return lambda: float(processor.waiting)
+    return lambda: 0.0
