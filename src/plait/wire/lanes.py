@@ -496,9 +496,8 @@ class StreamMux:
     async def close(self) -> None:
         lanes, self._lanes = [*self._lanes, *self._retired], [None] * len(self._lanes)
         self._retired = set()
-        for lane in lanes:
-            if lane is not None:
-                await lane.close()
+        # At once: each waits (a moment, bounded) for gRPC to deliver its cancelled read.
+        await asyncio.gather(*(lane.close() for lane in lanes if lane is not None))
         channels, self._own_channels = self._own_channels, []
         for channel in channels:
             await channel.close()
