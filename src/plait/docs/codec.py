@@ -21,13 +21,12 @@ from plait.docs.rows import (
     FORMAT_VERSION,
     TENSOR_EXT,
     Buffer,
-    _msgpack_enc_hook,
     decode_raw,
-    decode_rows,
     encode_raw,
     encode_with,
     json_to_wire,
     tensor_payload,
+    value_enc_hook,
     wire_to_json,
 )
 from plait.errors import CodecError
@@ -76,7 +75,7 @@ def decode_docs(data: Buffer, doc_type: type[T]) -> DocList[T]:
     (naming each failing field path, e.g. ``docs[3].text``) for documents that do not match
     ``doc_type``.
     """
-    return doclist_of(doc_type).from_dicts(decode_rows(data))
+    return doclist_of(doc_type).from_dicts(decode_raw(data))
 
 
 _NOT_MODEL, _PLAIN_MODEL, _CUSTOM_MODEL = 0, 1, 2
@@ -98,7 +97,7 @@ def _model_enc_hook(obj: Any) -> Any:
     if kind == _CUSTOM_MODEL:
         # Serializers, aliases, computed or excluded fields: let pydantic decide what travels.
         return obj.model_dump(by_alias=True, polymorphic_serialization=True, warnings="error")
-    return _msgpack_enc_hook(obj)  # numpy scalars, mappings
+    return value_enc_hook(obj)  # numpy scalars, mappings
 
 
 def _kind_of(cls: type) -> int:

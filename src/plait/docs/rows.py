@@ -79,12 +79,26 @@ def _is_array(obj: Any) -> bool:
 
 def decode_raw(data: Buffer) -> list[dict[str, Any]]:
     """Decode codec bytes into plain dicts without a schema; tensors are zero-copy arrays."""
-    return decode_rows(data)
+    if not data:
+        return []
+    view = memoryview(data).cast("B")
+    if view[0] != FORMAT_VERSION:
+        raise CodecError(f"unsupported plait codec version {view[0]} (this side speaks {FORMAT_VERSION})")
+    try:
+        # Decoding a slice of the caller's buffer: ext payloads stay views into ``data``.
+        rows: list[dict[str, Any]] = _MSGPACK_DECODER.decode(view[1:])
+    except CodecError:
+        raise
+    except msgspec.DecodeError as exc:
+        raise CodecError(f"malformed payload: {exc}") from None
+    except Exception as exc:  # bad bytes must never surface as anything but CodecError
+        raise CodecError(f"malformed payload: {type(exc).__name__}: {exc}") from None
+    return rows
 
 
 def encode_raw(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """Encode plain rows (as returned by :func:`decode_raw`) to codec bytes."""
-    return _encode_rows(rows)
+    return encode_with(_MSGPACK_ENCODER, rows)
 
 
 def json_to_wire(data: bytes | str) -> bytes:
@@ -105,12 +119,12 @@ def json_to_wire(data: bytes | str) -> bytes:
         raise CodecError(
             f"malformed JSON: a string is not UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
-    return _encode_rows(rows)
+    return encode_raw(rows)
 
 
 def wire_to_json(data: Buffer) -> bytes:
     """Translate codec bytes into a JSON array of document objects; tensors become nested lists."""
-    rows = decode_rows(data)
+    rows = decode_raw(data)
     try:
         return _JSON_ENCODER.encode(rows)
     except (CodecError, TypeError, ValueError, OverflowError) as exc:  # e.g. complex numbers
@@ -120,15 +134,12 @@ def wire_to_json(data: Buffer) -> bytes:
 # -- encoding --------------------------------------------------------------------------------
 
 
-def _encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    return encode_with(_MSGPACK_ENCODER, rows)
-
-
 _scratch = threading.local()
 _SCRATCH_KEEP = 16 * 1024 * 1024  # a thread keeps its buffer up to this size between calls
 
 
 def encode_with(encoder: msgspec.msgpack.Encoder, value: Any) -> bytes:
+    """``value`` as codec bytes, encoded by ``encoder`` (CodecError when it cannot be)."""
     # Encoding into a fresh bytearray makes it grow (and fault in new pages) many times per
     # message: ~15x slower for a 200 KB payload than reusing one buffer per thread.
     buf: bytearray | None = getattr(_scratch, "buf", None)
@@ -146,7 +157,8 @@ def encode_with(encoder: msgspec.msgpack.Encoder, value: Any) -> bytes:
             _scratch.buf = None
 
 
-def _msgpack_enc_hook(obj: Any) -> Any:
+def value_enc_hook(obj: Any) -> Any:
+    """msgspec's hook for the values it does not know: tensors, numpy scalars, mappings."""
     if _is_array(obj):
         return msgspec.msgpack.Ext(TENSOR_EXT, tensor_payload(obj))
     return _common_enc_hook(obj)
@@ -195,24 +207,6 @@ def _tensor_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
 
 
 # -- decoding --------------------------------------------------------------------------------
-
-
-def decode_rows(data: Buffer) -> list[dict[str, Any]]:
-    if not data:
-        return []
-    view = memoryview(data).cast("B")
-    if view[0] != FORMAT_VERSION:
-        raise CodecError(f"unsupported plait codec version {view[0]} (this side speaks {FORMAT_VERSION})")
-    try:
-        # Decoding a slice of the caller's buffer: ext payloads stay views into ``data``.
-        rows: list[dict[str, Any]] = _MSGPACK_DECODER.decode(view[1:])
-    except CodecError:
-        raise
-    except msgspec.DecodeError as exc:
-        raise CodecError(f"malformed payload: {exc}") from None
-    except Exception as exc:  # bad bytes must never surface as anything but CodecError
-        raise CodecError(f"malformed payload: {type(exc).__name__}: {exc}") from None
-    return rows
 
 
 def _msgpack_ext_hook(code: int, data: memoryview) -> Any:
@@ -274,7 +268,7 @@ def _dtype(spec: bytes) -> np.dtype[Any]:
 
 # msgspec encoders/decoders are reusable and thread-safe; building them once keeps their
 # internal caches warm across calls.
-_MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=_msgpack_enc_hook)
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=value_enc_hook)
 _MSGPACK_DECODER = msgspec.msgpack.Decoder(list[dict[str, Any]], ext_hook=_msgpack_ext_hook)
 _JSON_ENCODER = msgspec.json.Encoder(enc_hook=_json_enc_hook)
 _JSON_DECODER = msgspec.json.Decoder(list[dict[str, Any]])
