@@ -48,8 +48,6 @@ from plait.security.auth import AuthCheck
 
 log = logging.getLogger("plait.orchestrate")
 
-READY_POLL_S = 0.02
-
 
 class Deployment(Orchestration):
     """Serve one Executor: ``with Deployment(uses=MyExecutor, port=12345, replicas=2) as dep: ...``.
@@ -331,7 +329,7 @@ class Deployment(Orchestration):
         try:
             for child in self._children:
                 child.start()
-            wait_ready(self._children, cfg.timeout_ready, READY_POLL_S)
+            wait_ready(self._children, cfg.timeout_ready)
         except BaseException:
             self.close()
             raise
