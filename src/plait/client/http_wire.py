@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import httptools
 
+from plait._address import host_and_port
+
 MAX_IDLE_PER_ADDRESS = 64
 
 
@@ -175,12 +177,11 @@ class HttpPool:
         self._closed = False
 
     async def _connect(self, address: str) -> _Connection:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
         loop = asyncio.get_running_loop()
         try:
+            host, port = host_and_port(address)
             _, connection = await loop.create_connection(
-                _Connection, host, int(port), ssl=self.ssl, server_hostname=host if self.ssl else None
+                _Connection, host, port, ssl=self.ssl, server_hostname=host if self.ssl else None
             )
         except (OSError, ValueError) as e:
             raise HttpConnectionError(str(e) or type(e).__name__, connected=False) from None

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from plait._address import host_and_port
 from plait._version import __version__
 from plait.config import GatewayConfig, GatewayExecutor
 from plait.docs.rows import decode_raw, encode_raw
@@ -109,11 +110,10 @@ async def _until_listening(addresses: Sequence[str], deadline: float | None) -> 
     (the caller's first call then reports why); at once for names the channel resolves itself."""
     if any(":" not in a or a.startswith(("dns:", "unix:", "ipv4:", "ipv6:")) for a in addresses):
         return
-    targets = [a.rpartition(":") for a in addresses]
     while deadline is None or time.monotonic() < deadline:
-        for host, _, port in targets:
+        for address in addresses:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 0.5)
+                _, writer = await asyncio.wait_for(asyncio.open_connection(*host_and_port(address)), 0.5)
             except (OSError, ValueError, TimeoutError):
                 continue
             writer.close()

@@ -22,6 +22,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from plait._address import host_and_port
 from plait.config import FrozenModel, Observability
 from plait.errors import StartupError
 from plait.security.client import ClientSecurity
@@ -190,9 +191,8 @@ class ChildProcess:
 
 def listening(address: str, timeout: float = 0.2) -> bool:
     """Whether something accepts TCP connections at ``address`` (``host:port``)."""
-    host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection(host_and_port(address), timeout=timeout):
             return True
     except (OSError, ValueError):
         return False
