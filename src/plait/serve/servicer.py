@@ -160,7 +160,8 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                 if limit is not None:
                     yield join_responses(take_batch(ready, len, _is_bytes, limit))
                 else:
-                    yield ready.popleft()  # type: ignore[misc]
+                    ready.popleft()
+                    yield head  # bytes: None and errors were dealt with above
             if not drained:
                 await reader
         finally:
