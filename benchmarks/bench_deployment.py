@@ -23,6 +23,7 @@ from common import (
     DEFAULT_JINA_PYTHON,
     HERE,
     bulk_docs_per_s,
+    compile_plait,
     fmt,
     latency_ms,
     median_of,
@@ -73,6 +74,7 @@ def measure_plait(n_lat: int, n_bulk: int, request_size: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    compile_plait()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-lat", type=int, default=300)

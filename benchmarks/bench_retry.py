@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import fmt, mark, median_tree, percentile
+from common import compile_plait, fmt, mark, median_tree, percentile
 
 from plait import Client, DocList, Document, Executor, Flow, requests
 from plait.errors import UnavailableError
@@ -112,6 +112,7 @@ def one_round(n: int, counter_dir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    compile_plait()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

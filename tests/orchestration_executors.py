@@ -36,6 +36,13 @@ class Versioned(Executor):
             d.text = repr(os.environ.get("CUDA_VISIBLE_DEVICES"))
         return docs
 
+    @requests(on="/getenv")
+    async def getenv(self, docs: DocList[Note], **kwargs: object) -> DocList[Note]:
+        """Each doc's text names a variable; it comes back as that variable's value in this process."""
+        for d in docs:
+            d.text = repr(os.environ.get(d.text))
+        return docs
+
     @requests(on="/fatal")
     async def fatal(self, docs: DocList[Note], **kwargs: object) -> None:
         raise FatalError("the model is in a bad state")

@@ -108,3 +108,27 @@ def test_rows_with_tensors_decode_where_numpy_was_not_loaded_yet() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"
+
+
+def test_process_commands_stop_openblas_spinning_unless_the_user_says_otherwise() -> None:
+    """OpenBLAS's worker threads busy-wait ~0.1 s after numpy loads and after every call unless told
+    otherwise; every plait process sets a short wait (plait._entry.SERVING_ENV_DEFAULTS), and an
+    executor's own ``env`` (or the user's environment) wins."""
+    from orchestration_executors import Note
+
+    from plait import Client, Flow
+    from plait._entry import SERVING_ENV_DEFAULTS
+
+    flow = (
+        Flow(host="127.0.0.1", quiet=True, grace_period=1)
+        .add(name="plain", uses="orchestration_executors:Versioned")
+        .add(name="own", uses="orchestration_executors:Versioned", env={"OPENBLAS_THREAD_TIMEOUT": "28"})
+    )
+    seen = {}
+    with flow:
+        for status in flow.status():
+            if status.label == "gateway":
+                continue
+            with Client(status.address) as client:
+                seen[status.label] = client.post("/getenv", Note(text="OPENBLAS_THREAD_TIMEOUT")).text[0]
+    assert seen == {"plain": repr(SERVING_ENV_DEFAULTS["OPENBLAS_THREAD_TIMEOUT"]), "own": "'28'"}
