@@ -132,3 +132,39 @@ def test_process_commands_stop_openblas_spinning_unless_the_user_says_otherwise(
             with Client(status.address) as client:
                 seen[status.label] = client.post("/getenv", Note(text="OPENBLAS_THREAD_TIMEOUT")).text[0]
     assert seen == {"plain": repr(SERVING_ENV_DEFAULTS["OPENBLAS_THREAD_TIMEOUT"]), "own": "'28'"}
+
+
+def test_http_readiness_probe_reaches_an_ipv6_address() -> None:
+    """A gateway whose first protocol is HTTP is probed with ``GET /ready`` at ``[host]:port``;
+    the brackets of an IPv6 literal are not part of the host to connect to."""
+    import http.server
+    import threading
+
+    from plait.orchestrate.process import _http_ready
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Server6(http.server.HTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        server = Server6(("::1", 0), Ready)
+    except OSError:
+        import pytest
+
+        pytest.skip("no IPv6 loopback here")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        assert _http_ready(f"[::1]:{port}", timeout=2.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not _http_ready(f"[::1]:{port}", timeout=0.5)  # closed now

@@ -207,11 +207,11 @@ def _probe_channel(address: str, security: ClientSecurity | None) -> grpc.Channe
 
 
 def _http_ready(address: str, timeout: float, context: ssl.SSLContext | None = None) -> bool:
-    host, _, port = address.rpartition(":")
+    host, port = host_and_port(address)  # http.client wants an IPv6 host without its brackets
     connection = (
-        http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+        http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
         if context is not None
-        else http.client.HTTPConnection(host, int(port), timeout=timeout)
+        else http.client.HTTPConnection(host, port, timeout=timeout)
     )
     try:
         connection.request("GET", "/ready")
