@@ -197,7 +197,6 @@ def measure_plait(protocols: Sequence[str], args: argparse.Namespace) -> dict[st
         result["startup_s"] = time.perf_counter() - t0
         if len(protocols) == 1:
             result["startup_one_protocol_s"][protocols[0]] = result["startup_s"]
-        result["startup_grpc_only_s"] = result["startup_one_protocol_s"].get("grpc")
         log(f"plait Flow ({'+'.join(protocols)}) ready in {result['startup_s']:.2f} s on {flow.ports}")
         for protocol, port in zip(protocols, flow.ports, strict=True):
             r = measure_protocol(flow, protocol, port, args, small, embs)

@@ -5,19 +5,24 @@ process imports only what routing needs."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
+import pytest
 from conftest import subprocess_env
+from orchestration_executors import Note
 
-from plait import DocList, Document
+from plait import Client, DocList, Document, Flow
+from plait._entry import SERVING_ENV_DEFAULTS
 from plait.docs import encode_docs
 from plait.docs.tensor import NdArray
 from plait.gateway.router import _until_listening
-from plait.orchestrate.process import free_port, listening
+from plait.orchestrate.process import _http_ready, free_port, listening
 
 
 class _Vec(Document):
@@ -114,11 +119,6 @@ def test_process_commands_stop_openblas_spinning_unless_the_user_says_otherwise(
     """OpenBLAS's worker threads busy-wait ~0.1 s after numpy loads and after every call unless told
     otherwise; every plait process sets a short wait (plait._entry.SERVING_ENV_DEFAULTS), and an
     executor's own ``env`` (or the user's environment) wins."""
-    from orchestration_executors import Note
-
-    from plait import Client, Flow
-    from plait._entry import SERVING_ENV_DEFAULTS
-
     flow = (
         Flow(host="127.0.0.1", quiet=True, grace_period=1)
         .add(name="plain", uses="orchestration_executors:Versioned")
@@ -137,10 +137,6 @@ def test_process_commands_stop_openblas_spinning_unless_the_user_says_otherwise(
 def test_http_readiness_probe_reaches_an_ipv6_address() -> None:
     """A gateway whose first protocol is HTTP is probed with ``GET /ready`` at ``[host]:port``;
     the brackets of an IPv6 literal are not part of the host to connect to."""
-    import http.server
-    import threading
-
-    from plait.orchestrate.process import _http_ready
 
     class Ready(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -156,8 +152,6 @@ def test_http_readiness_probe_reaches_an_ipv6_address() -> None:
     try:
         server = Server6(("::1", 0), Ready)
     except OSError:
-        import pytest
-
         pytest.skip("no IPv6 loopback here")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
