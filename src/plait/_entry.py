@@ -105,6 +105,8 @@ def main() -> None:
         cli_main()
         return
     kind, config, log_level = command
+    # The one place plait writes the environment (a departure from DESIGN rule 2): OpenBLAS reads
+    # it when numpy loads, and this is the process command's own main, never a user's process.
     for name, value in SERVING_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
     setup_logging(log_level)
