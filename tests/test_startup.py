@@ -91,6 +91,19 @@ def test_a_gateway_process_loads_neither_numpy_nor_the_executor_side() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)
 
 
+def test_a_websocket_gateway_does_not_load_fastapi() -> None:
+    # FastAPI costs ~0.2 s of CPU to import; only the HTTP server (OpenAPI, Swagger UI) needs it.
+    code = (
+        "import sys, plait._entry, plait.gateway.runtime\n"
+        "from plait.gateway.protocols import server_class\n"
+        "server_class('websocket'); server_class('grpc')\n"
+        "assert 'fastapi' not in sys.modules, 'websocket loaded fastapi'\n"
+        "server_class('http')\n"
+        "assert 'fastapi' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=60)
+
+
 def test_rows_with_tensors_decode_where_numpy_was_not_loaded_yet() -> None:
     # A gateway meets its first tensor (a `when` condition, a shard merge): numpy loads then.
     payload = encode_docs(DocList[_Vec]([_Vec(v=np.arange(4, dtype=np.float32))]))

@@ -175,6 +175,13 @@ def test_probes_on_the_websocket_port(address: str) -> None:
             described["name"] == "echo"
             and "text" in described["endpoints"]["/echo"]["input_schema"]["properties"]
         )
+        assert http.get("/status").json()["endpoints"] == list(described["endpoints"])
+        missing = http.get("/nowhere")
+        assert missing.status_code == 404
+        assert "/nowhere" in missing.json()["error"]["message"], missing.text
+        assert "/health" in missing.json()["error"]["message"], missing.text
+        wrong = http.post("/health")
+        assert wrong.status_code == 405 and "POST" in wrong.json()["error"]["message"], wrong.text
 
 
 def test_stop_lets_running_requests_answer(server_loop: LoopThread) -> None:

@@ -45,6 +45,9 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         check_security(cfg.options)  # unreadable certificates or tokens fail now, not per protocol
+        # Load every protocol's server (FastAPI and uvicorn for HTTP) before discovery: the
+        # executors are still starting then, so the imports cost no time of their own.
+        classes = [server_class(protocol) for protocol in cfg.protocols]
         await self.router.discover(cfg.timeout_ready)
         gc.freeze()  # start-up objects live as long as the process: keep full GCs short
         # One admission limit for the whole gateway, shared by every protocol it speaks; the
@@ -64,8 +67,8 @@ class Gateway:
                 instruments.metrics.watch_queue(queue_depth(admission))
             processor = instruments.wrap(processor)
             self.metrics_port = instruments.serve_metrics(cfg.host)
-        for protocol, port in zip(cfg.protocols, cfg.ports, strict=True):
-            server = server_class(protocol)(processor, cfg.host, port, cfg.options)
+        for cls, port in zip(classes, cfg.ports, strict=True):
+            server = cls(processor, cfg.host, port, cfg.options)
             await server.start()
             self.servers.append(server)
         addrs = ", ".join(

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from plait.config import ServerOptions
-from plait.gateway.http_probes import add_probe_routes
+from plait.gateway.http_probes import ProbeApp
 from plait.gateway.http_uvicorn import UvicornRunner
 from plait.gateway.protocols import ProtocolServer
 from plait.gateway.ws_session import WsSession
@@ -67,9 +66,8 @@ class _Front:
 
 
 def build_websocket_app(processor: Processor, options: ServerOptions, serving: Callable[[], bool]) -> _Front:
-    api = FastAPI(title=options.title, description=options.description, docs_url=None, redoc_url=None)
-    add_probe_routes(api, processor, serving)
-    return _Front(processor, options, api)
+    probes = ProbeApp(processor, serving, "a WebSocket gateway (connect a WebSocket to /)")
+    return _Front(processor, options, probes)
 
 
 def frame_limit(options: ServerOptions) -> int:
