@@ -15,15 +15,17 @@ protocol (sync ``Client`` on that protocol's port):
   * latency: 20 warm-up then --n-lat sequential single-doc posts; nearest-rank p50/p99;
   * bulk: --n-bulk small docs and --n-bulk 512-d float32 embedding docs in one
     ``post(..., request_size=100)``; median docs/s of 3 posts (after one 500-doc warm-up each);
-  * resident memory (VmRSS) of every plait process (gateway, echo1, echo2) after the bulk runs;
+  * resident memory (VmRSS) of every plait process (gateway, echo1, echo2, and the executor fork
+    server the two executors were forked from) after the bulk runs, and, after all protocols, the
+    proportional set size of all of them together (shared pages counted once);
   * concurrency: --concurrency ``AsyncClient``s (one each) in one event loop, one warm-up request
     each, then all share a budget of --n-conc single-doc requests (bounded by --loop-timeout):
     req/s and p50/p99. The same recipe as ``jina_echo.py --concurrency``.
 
-Start-up (entering ``with flow:`` until ready) is measured for the Flow serving all the selected
-protocols and, separately, for a gRPC-only Flow. Figures are medians over rounds; ratios and the
-issue's targets are computed from those medians. Prints one JSON object on stdout, then Markdown
-tables on stderr.
+Start-up (entering ``with flow:`` until ready, the fork server's own start included) is measured
+for a Flow of each selected protocol alone and for the Flow serving all of them. Figures are
+medians over rounds; ratios and the issue's targets are computed from those medians. Prints one
+JSON object on stdout, then Markdown tables on stderr.
 """
 
 from __future__ import annotations
@@ -151,6 +153,31 @@ async def concurrency_run(
     }
 
 
+def plait_processes(flow: Flow) -> dict[str, int]:
+    """Label → pid of every process the Flow runs, its executor fork server ('forkserver') included."""
+    pids = {child.label: child.pid for child in flow.children if child.pid}
+    server = getattr(flow, "_forkserver", None)
+    if server is not None and not server.lost:
+        pids["forkserver"] = server.pid
+    return pids
+
+
+def plait_rss(flow: Flow) -> dict[str, float | None]:
+    return {label: rss_mb(pid) for label, pid in plait_processes(flow).items()}
+
+
+def pss_total_mb(flow: Flow) -> float | None:
+    """Proportional set size summed over the Flow's processes: its memory, shared pages counted once."""
+    total = 0
+    for pid in plait_processes(flow).values():
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            return None
+    return round(total / 1024, 1)
+
+
 def measure_protocol(
     flow: Flow, protocol: str, port: int, args: argparse.Namespace, small: DocList[Any], embs: DocList[Any]
 ) -> dict[str, Any]:
@@ -171,7 +198,7 @@ def measure_protocol(
         back = client.post("/echo_emb", embs[:2], request_size=args.request_size)
         if back[0].embedding is None or not np.array_equal(back[0].embedding, embs[0].embedding):
             raise RuntimeError(f"{protocol}: the embedding did not come back intact")
-    result["rss_mb"] = {child.label: rss_mb(child.pid) for child in flow.children if child.pid}
+    result["rss_mb"] = plait_rss(flow)
     if args.concurrency > 0:
         result.update(
             asyncio.run(concurrency_run(protocol, port, args.concurrency, args.n_conc, args.loop_timeout))
@@ -207,7 +234,8 @@ def measure_plait(protocols: Sequence[str], args: argparse.Namespace) -> dict[st
                 f"p99 {r.get('conc_p99_ms', 0):.1f} ms ({r.get('conc_connections')} connections)"
             )
         # after every protocol's bulk runs (the last protocol's concurrency run included)
-        result["rss_mb"] = {child.label: rss_mb(child.pid) for child in flow.children if child.pid}
+        result["rss_mb"] = plait_rss(flow)
+        result["pss_total_mb"] = pss_total_mb(flow)
     return result
 
 
@@ -325,7 +353,8 @@ FLOOR_KEYS = (
 
 
 def executor_rss(plait: dict[str, Any]) -> float | None:
-    values = [v for k, v in (plait.get("rss_mb") or {}).items() if k != "gateway" and v is not None]
+    rss = plait.get("rss_mb") or {}
+    values = [v for k, v in rss.items() if k not in ("gateway", "forkserver") and v is not None]
     return max(values) if values else None
 
 
@@ -588,6 +617,14 @@ def markdown(s: dict[str, Any]) -> str:
     rows.append(
         f"| gateway resident memory (MB) | | {fmt(p.get('gateway_rss_mb'), 1)} | | {fmt(jina_gw, 1)} | | |"
     )
+    server_rss = (p.get("rss_mb") or {}).get("forkserver")
+    if server_rss is not None:
+        rows.append(f"| executor fork server resident memory (MB) | | {fmt(server_rss, 1)} | | | | |")
+    if p.get("pss_total_mb") is not None:
+        rows.append(
+            f"| all plait processes, proportional set size (MB, shared pages once) | | "
+            f"{fmt(p['pss_total_mb'], 1)} | | | | |"
+        )
     rows += ["", "| target | from medians | median of per-round ratios | met |", "|---|---|---|---|"]
     for t in s["targets"]:
         unit = "" if "MB" in t["target"] else "×"

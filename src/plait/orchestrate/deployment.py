@@ -27,8 +27,10 @@ from plait.executor.loader import importing_user_code
 from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting
 from plait.orchestrate.flow import Flow
+from plait.orchestrate.forkserver import ForkServer, start_fork_server
 from plait.orchestrate.process import (
     ChildProcess,
+    child_env,
     connect_host,
     free_port,
     stop_all,
@@ -166,6 +168,7 @@ class Deployment(Orchestration):
         self._client: Client | None = None
         self._port: int | None = config.port
         self._flow: Flow | None = None
+        self._forkserver: ForkServer | None = None
         self._restarts = restarts
         self._devices = tuple(devices) if devices is not None else None
         self._supervisor: Supervisor | None = None
@@ -326,8 +329,10 @@ class Deployment(Orchestration):
         self._port = port
         name = cfg.executor.name
         self._children = self._replica_children(port)
+        self._forkserver = start_fork_server(child_env({}), cfg.replicas)
         try:
             for child in self._children:
+                child.forkserver = self._forkserver
                 child.start()
             wait_ready(self._children, cfg.timeout_ready)
         except BaseException:
@@ -426,6 +431,7 @@ class Deployment(Orchestration):
                     probe_address=probe,
                     probe_security=old.probe_security,
                     quiet=self._quiet,
+                    forkserver=old.forkserver,
                 )
                 replace_child(
                     supervisor,
@@ -454,3 +460,6 @@ class Deployment(Orchestration):
             client.close()
         stop_all(self._children, self.config.grace_period)
         self._children = []
+        forkserver, self._forkserver = self._forkserver, None
+        if forkserver is not None:
+            forkserver.close()

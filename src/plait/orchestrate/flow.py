@@ -42,9 +42,11 @@ from plait.export import ComposeOptions, KubernetesOptions, write_compose, write
 from plait.gateway.conditions import compile_condition
 from plait.orchestrate.base import Orchestration
 from plait.orchestrate.devices import DevicePlacement, read_parent_setting, without_round_robin
+from plait.orchestrate.forkserver import ForkServer, start_fork_server
 from plait.orchestrate.plot import PlotNode, to_mermaid, to_svg
 from plait.orchestrate.process import (
     ChildProcess,
+    child_env,
     connect_host,
     free_port,
     stop_all,
@@ -184,6 +186,7 @@ class Flow(Orchestration):
         self._quiet = quiet
         self._children: list[ChildProcess] = []
         self._gateway: ChildProcess | None = None
+        self._forkserver: ForkServer | None = None
         self._client: Client | None = None
         self._ports: tuple[int, ...] = ()
         self._restarts = restarts
@@ -557,6 +560,10 @@ class Flow(Orchestration):
         client_kwargs = flow_client_kwargs(cfg)  # reads the token now: a missing one fails early
         children, routes = self._executor_children()
         self._children = children
+        # First: it imports while the configs are built and the gateway starts.
+        self._forkserver = start_fork_server(child_env({}), len(children))
+        for child in children:
+            child.forkserver = self._forkserver
         try:
             gateway_host = connect_host(cfg.host)
             self._ports = tuple(p or free_port(gateway_host) for p in cfg.ports)
@@ -583,8 +590,9 @@ class Flow(Orchestration):
             )
             self._gateway = gateway
             # Everything starts at once: the gateway keeps asking the executors for their endpoints
-            # until they answer, so start-up costs one process start, not two in a row.
-            for child in (*children, gateway):
+            # until they answer, so start-up costs one process start, not two in a row. The gateway
+            # first: an executor's start waits for the fork server's imports.
+            for child in (gateway, *children):
                 child.start()
             wait_ready([*children, gateway], cfg.timeout_ready)
             self._client = Client(
@@ -646,6 +654,7 @@ class Flow(Orchestration):
                     probe_address=f"127.0.0.1:{config.port}",
                     probe_security=old.probe_security,
                     quiet=self._quiet,
+                    forkserver=old.forkserver,
                 )
                 replace_child(
                     supervisor,
@@ -678,6 +687,9 @@ class Flow(Orchestration):
             self._gateway = None
         stop_all(self._children, grace)
         self._children = []
+        forkserver, self._forkserver = self._forkserver, None
+        if forkserver is not None:
+            forkserver.close()
 
 
 def _resolve(entry: str, base: Path) -> str:

@@ -1,7 +1,9 @@
 """Child processes: started from the ``plait`` CLI entry point, their output kept and relayed.
 
 Every process plait runs locally is ``python -m plait executor|gateway --config '<json>'``: the
-same command a container runs, from the same serialized config.
+same command a container runs, from the same serialized config. Executors of an orchestrator that
+has a fork server (:mod:`plait.orchestrate.forkserver`) run that command in a process forked from
+it instead of a new interpreter.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,7 +29,21 @@ from plait.config import FrozenModel, Observability
 from plait.errors import StartupError
 from plait.security.client import ClientSecurity
 
+if TYPE_CHECKING:
+    from plait.orchestrate.forkserver import ForkServer
+
 LOG_TAIL_LINES = 40
+
+
+class _Process(Protocol):
+    """What ChildProcess uses of a process: subprocess.Popen, or a ForkedProcess."""
+
+    @property
+    def pid(self) -> int: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
 
 
 _GIVEN_PORTS: set[int] = set()
@@ -86,6 +102,7 @@ class ChildProcess:
         probe_address: str | None = None,
         probe_security: ClientSecurity | None = None,
         quiet: bool = False,
+        forkserver: ForkServer | None = None,
     ) -> None:
         self.label = label
         self.command = command
@@ -98,12 +115,17 @@ class ChildProcess:
         self._env = env
         self._quiet = quiet
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.forkserver = forkserver
+        """Where an executor is forked from (:mod:`plait.orchestrate.forkserver`); None: started plainly."""
+        self._proc: _Process | None = None
         self._relay: threading.Thread | None = None
 
     @property
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "plait", self.command, "--config", self.config.model_dump_json()]
+        return [sys.executable, "-m", "plait", *self._args(self.config)]
+
+    def _args(self, config: FrozenModel) -> list[str]:
+        return [self.command, "--config", config.model_dump_json()]
 
     @property
     def pid(self) -> int | None:
@@ -118,20 +140,38 @@ class ChildProcess:
         """Start the process (again, once the previous one has exited: same command, config, ports)."""
         if self.alive():
             raise RuntimeError(f"{self.label!r} is already running (pid {self.pid})")
-        self._proc = subprocess.Popen(
+        env = child_env(self._env)
+        stdout = self._fork(env) or self._popen(env)
+        self._relay = threading.Thread(
+            target=self._relay_output, args=(stdout,), name=f"plait-log-{self.label}", daemon=True
+        )
+        self._relay.start()
+
+    def _fork(self, env: dict[str, str]) -> IO[bytes] | None:
+        server = self.forkserver
+        if server is None or self.command != "executor" or not server.can_fork(env):
+            return None
+        # It stops when its parent, the fork server, does (which stops when we do).
+        config = self.config.model_copy(update={"parent_pid": server.pid})
+        proc = server.spawn(self._args(config), env)
+        if proc is None:
+            return None
+        self._proc = proc
+        return proc.stdout
+
+    def _popen(self, env: dict[str, str]) -> IO[bytes]:
+        proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=child_env(self._env),
+            env=env,
             # Own session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
             start_new_session=True,
         )
-        assert self._proc.stdout is not None
-        self._relay = threading.Thread(
-            target=self._relay_output, args=(self._proc.stdout,), name=f"plait-log-{self.label}", daemon=True
-        )
-        self._relay.start()
+        self._proc = proc
+        assert proc.stdout is not None
+        return proc.stdout
 
     def _relay_output(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
