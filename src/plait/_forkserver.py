@@ -50,7 +50,6 @@ def preload() -> None:
     from plait._loop import new_event_loop
 
     new_event_loop().close()  # imports uvloop, creates nothing that outlives the call
-    gc.collect()
     gc.freeze()  # what the children share stays out of their garbage collections (and shared)
 
 
