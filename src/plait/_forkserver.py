@@ -31,6 +31,7 @@ import selectors
 import signal
 import socket
 import sys
+import warnings
 from typing import Any
 
 MAX_MESSAGE = 1 << 20
@@ -104,7 +105,11 @@ def _fork(request: dict[str, Any], fds: list[int]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork() in a process with threads: here only numpy's OpenBLAS
+            # workers, which OpenBLAS itself stops around a fork.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
     except OSError:
         os.close(out)
         return -1

@@ -262,7 +262,7 @@ def _http_ready(address: str, timeout: float, context: ssl.SSLContext | None = N
         connection.close()
 
 
-def wait_ready(children: Sequence[ChildProcess], timeout: float, poll: float = 0.02) -> None:
+def wait_ready(children: Sequence[ChildProcess], timeout: float, poll: float = 0.005) -> None:
     """Return once every child is serving; raise StartupError naming the first that is not.
 
     ``timeout`` < 0 waits forever. The error carries the child's last output lines.
