@@ -483,3 +483,30 @@ async def test_a_caller_cancelled_mid_write_does_not_end_the_stream_for_the_othe
         assert (await transport.call(call("/echo", "after"), timeout=5)).docs == b"xa"
         assert not lane.dead
         assert server.process_stream_calls == 1
+
+
+def test_an_error_reply_round_trips_its_type_message_and_details() -> None:
+    # The executor encodes an error's details (msgspec; values JSON cannot hold become strings),
+    # the gateway rebuilds the exception from them: the same type, message, details and status.
+    from pathlib import Path
+
+    from plait.errors import error_from_grpc
+    from plait.wire.status import error_details, error_reply
+
+    error = UnavailableError("replica 0 refuses", executor="flaky", where=Path("/tmp/x"), n=3)
+    reply = error_reply("r1", error)
+    assert json.loads(reply.error) == {
+        "type": "UnavailableError",
+        "message": "replica 0 refuses",
+        "executor": "flaky",
+        "where": "/tmp/x",
+        "n": 3,
+    }
+    ended = lanes._failed(reply.error)
+    assert ended.code() == grpc.StatusCode.UNAVAILABLE and ended.details() == "replica 0 refuses"
+    back = error_from_rpc_error(ended)
+    assert type(back) is UnavailableError
+    assert back.details == {"executor": "flaky", "where": "/tmp/x", "n": 3}
+    assert error_from_grpc(grpc.StatusCode.UNAVAILABLE, "x", error_details(error)).message == error.message
+    broken = lanes._failed(b"{not json")
+    assert broken.code() == grpc.StatusCode.UNKNOWN and "malformed error reply" in broken.details()

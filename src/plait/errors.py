@@ -7,11 +7,11 @@ that receives it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import grpc
+import msgspec
 
 __all__ = [
     "BadRequestError",
@@ -193,7 +193,7 @@ def error_from_grpc(code: grpc.StatusCode, message: str, metadata_details: bytes
     """Translate a gRPC status (and the optional plait details blob) into a plait exception."""
     if metadata_details:
         try:
-            return error_from_details(json.loads(metadata_details))
+            return error_from_details(msgspec.json.decode(metadata_details))
         except (ValueError, TypeError):
             pass
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in message:

@@ -37,13 +37,13 @@ import collections
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
+import msgspec
 
 from plait.errors import ERROR_METADATA_KEY, error_from_details
 from plait.wire import SERVICE_NAME
@@ -400,7 +400,7 @@ def _always(_: object) -> bool:
 def _failed(blob: bytes) -> _LaneEnded:
     """A request's error reply, as the status a unary call would have ended with."""
     try:
-        error = error_from_details(json.loads(blob))
+        error = error_from_details(msgspec.json.decode(blob))
     except (ValueError, TypeError):
         return _LaneEnded(grpc.StatusCode.UNKNOWN, f"malformed error reply: {blob[:200]!r}")
     return _LaneEnded(error.grpc_code, error.message, blob)

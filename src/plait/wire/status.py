@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, NoReturn
 
 import grpc
+import msgspec
 
 from plait.errors import ERROR_METADATA_KEY, BadRequestError, PlaitError, error_from_grpc
 from plait.wire import plait_pb2 as pb
@@ -20,7 +20,7 @@ out (docs in the plait codec). plait's own HTTP client sends them; JSON stays fo
 
 def error_details(error: PlaitError) -> bytes:
     """The error's structured details as JSON, as every protocol carries them."""
-    return json.dumps(error.to_details(), default=str).encode()
+    return msgspec.json.encode(error.to_details(), enc_hook=str)
 
 
 def error_metadata(error: PlaitError) -> tuple[tuple[str, bytes], ...]:
