@@ -42,7 +42,8 @@ def preload() -> None:
     """Import what an executor process imports before it loads the user's code."""
     from plait._entry import SERVING_ENV_DEFAULTS
 
-    for name, value in SERVING_ENV_DEFAULTS.items():  # before numpy loads, as the process command
+    # Before numpy loads, as the process command does (plait._entry.main explains the exception).
+    for name, value in SERVING_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
     import plait._entry
     import plait.config
@@ -124,6 +125,8 @@ def _fork(request: dict[str, Any], fds: list[int]) -> int:
     os.close(devnull)
     os.close(out)
     os.chdir(request["cwd"])
+    # What exec's envp does for a plain process (DESIGN rule 2's exception): this is the child's own
+    # environment, set before it runs anything, never a user's process.
     os.environ.clear()
     os.environ.update(request["env"])
     return 0
