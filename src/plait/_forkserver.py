@@ -15,6 +15,7 @@ message):
   "error"}``.
 - here → orchestrator, whenever a child ends: ``{"exit": pid, "code": n}`` (``-signal`` when a
   signal ended it, as :mod:`subprocess` reports it).
+- here → orchestrator, when its imports fail (it exits then): ``{"error": why}``.
 
 The server exits when the orchestrator closes its end (or dies); its children watch it as their
 parent (``parent_pid``) and stop then too. The orchestrator side is
@@ -151,7 +152,6 @@ def main() -> None:
     except BaseException as e:  # the orchestrator starts plain processes instead
         _send(sock, {"error": f"preload failed: {type(e).__name__}: {e}"})
         raise
-    _send(sock, {"ready": os.getpid()})
     request = serve(sock)
     if request is None:
         return
