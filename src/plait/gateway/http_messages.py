@@ -18,6 +18,7 @@ from plait.docs.rows import encode_raw, wire_to_json
 from plait.errors import BadRequestError, PlaitError
 from plait.wire import PROTOBUF_TYPE
 from plait.wire import plait_pb2 as pb
+from plait.wire.status import error_details
 
 # A request's documents: a list of objects, one object, or null (no documents).
 Data = list[dict[str, Any]] | dict[str, Any] | None
@@ -176,7 +177,7 @@ def reply_json(request_id: str, response: pb.Response) -> bytes:
 
 def error_json(error: PlaitError, request_id: str | None = None, *, with_id: bool = False) -> bytes:
     """``{"error": {...}}`` (HTTP) or ``{"request_id", "error": {...}}`` (WebSocket)."""
-    details = encode(error.to_details())
+    details = error_details(error)
     if not with_id:
         return b'{"error":' + details + b"}"
     return b'{"request_id":' + encode(request_id) + b',"error":' + details + b"}"

@@ -15,7 +15,6 @@ import asyncio
 import logging
 from typing import Any
 
-import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -23,6 +22,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from plait.config import ServerOptions
 from plait.errors import DeadlineExceededError, PlaitError
 from plait.security.auth import OPEN_HTTP_PATHS, Authenticator, AuthRequest, authenticator_for
+from plait.wire.status import error_details
 
 log = logging.getLogger("plait.security")
 
@@ -33,7 +33,7 @@ precise error; this one catches what it cannot see (a slow upload)."""
 
 def _error_body(error: PlaitError) -> bytes:
     """The gateway's JSON error shape, ``{"error": {...}}``."""
-    return b'{"error":' + msgspec.json.encode(error.to_details()) + b"}"
+    return b'{"error":' + error_details(error) + b"}"
 
 
 def _headers(scope: Scope) -> dict[str, str]:

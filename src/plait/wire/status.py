@@ -18,9 +18,12 @@ PROTOBUF_TYPE = "application/x-protobuf"
 out (docs in the plait codec). plait's own HTTP client sends them; JSON stays for everyone else."""
 
 
+_DETAILS = msgspec.json.Encoder(enc_hook=str)  # a value JSON cannot hold becomes its str()
+
+
 def error_details(error: PlaitError) -> bytes:
     """The error's structured details as JSON, as every protocol carries them."""
-    return msgspec.json.encode(error.to_details(), enc_hook=str)
+    return _DETAILS.encode(error.to_details())
 
 
 def error_metadata(error: PlaitError) -> tuple[tuple[str, bytes], ...]:
