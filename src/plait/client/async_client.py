@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -383,11 +384,13 @@ class AsyncClient:
         doc_type = _doc_type(return_type, inputs)
         endpoint = on if on.startswith("/") else f"/{on}"
         call = Call(endpoint, encode_docs([inputs]), dict(parameters or {}), "", uuid.uuid4().hex)
-        async for reply in self._transport.stream(
-            call, timeout=timeout if timeout is not None else self.timeout
-        ):
-            for doc in decode_docs(reply.docs, doc_type):
-                yield doc
+        # aclosing: a caller that stops reading ends the transport's stream now, not when the
+        # garbage collector gets to it.
+        replies = self._transport.stream(call, timeout=timeout if timeout is not None else self.timeout)
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                for doc in decode_docs(reply.docs, doc_type):
+                    yield doc
 
     async def _send(self, call: Call, timeout: float | None) -> Reply:
         if self._tracing is None:

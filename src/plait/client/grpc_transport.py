@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import grpc
@@ -17,8 +18,11 @@ from plait.wire import plait_pb2 as pb
 from plait.wire.channels import open_channel
 from plait.wire.lanes import StreamMux, call_on_lanes
 from plait.wire.retry import with_retries
+from plait.wire.settle import settled
 
 _METHOD = f"/{SERVICE_NAME}/"
+_SETTLE_S = 1.0
+"""How long a stream the caller stopped reading waits for gRPC's last event of it (plait.wire.settle)."""
 
 
 def _loads(raw: bytes) -> dict[str, Any]:
@@ -38,6 +42,7 @@ class GrpcTransport(Transport):
         super().__init__(addresses, max_message_size=max_message_size, security=security)
         self._metadata = self.security.metadata or None  # None: gRPC's fast path for no metadata
         self._channel: grpc.aio.Channel | None = None
+        self._streams: set[Any] = set()  # Stream calls open now: closing settles them first
 
     async def open(self) -> None:
         self._check_open()
@@ -82,6 +87,9 @@ class GrpcTransport(Transport):
         self._closed = True
         if self._channel is not None:
             channel, self._channel = self._channel, None
+            # Streams a caller left without closing (a `break` out of stream_doc) end here.
+            await asyncio.gather(*(settled(rpc, _SETTLE_S) for rpc in self._streams))
+            self._streams.clear()
             await self._mux.close()
             await channel.close()
 
@@ -137,16 +145,18 @@ class GrpcTransport(Transport):
             return self._metadata
         return (*(self._metadata or ()), *call.metadata)
 
-    async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
+    async def stream(self, call: Call, timeout: float | None = None) -> AsyncGenerator[Reply, None]:
         await self.open()
         rpc = self._stream(self._request(call), timeout=timeout, metadata=self._call_metadata(call))
+        self._streams.add(rpc)
         try:
             async for response in rpc:
                 yield Reply(response.request_id, response.docs, _loads(response.parameters))
         except grpc.RpcError as e:
             raise self._error(e) from None
-        finally:
-            rpc.cancel()
+        finally:  # also when the caller stops reading early
+            self._streams.discard(rpc)
+            await settled(rpc, _SETTLE_S)
 
     async def health(self, timeout: float | None = None) -> str:
         await self.open()

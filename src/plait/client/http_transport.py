@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -255,7 +255,7 @@ class HttpTransport(Transport):
         except (DecodeError, msgspec.MsgspecError) as e:
             raise UnavailableError(f"malformed reply from {address}: {e}", address=address) from None
 
-    async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
+    async def stream(self, call: Call, timeout: float | None = None) -> AsyncGenerator[Reply, None]:
         pool = await self._http()
         address = self._next()
         headers = self._headers(timeout, "application/json", "text/event-stream", call.metadata)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -88,7 +88,7 @@ class Transport(abc.ABC):
         """One request, one reply. Raises a :class:`plait.errors.PlaitError`."""
 
     @abc.abstractmethod
-    def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
+    def stream(self, call: Call, timeout: float | None = None) -> AsyncGenerator[Reply, None]:
         """One request to a streaming endpoint; one reply per yielded document."""
 
     @abc.abstractmethod

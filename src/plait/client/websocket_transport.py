@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import msgspec
@@ -259,7 +259,7 @@ class WebSocketTransport(Transport):
             return binary_reply(frame, request_id)
         return _reply(frame, request_id)  # refused before it was read (the server is draining, say)
 
-    async def stream(self, call: Call, timeout: float | None = None) -> AsyncIterator[Reply]:
+    async def stream(self, call: Call, timeout: float | None = None) -> AsyncGenerator[Reply, None]:
         self._check_open()
         connection = self._next()
         request_id = call.request_id or _new_id()

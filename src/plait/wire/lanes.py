@@ -49,6 +49,7 @@ from plait.errors import ERROR_METADATA_KEY, error_from_details
 from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
 from plait.wire.retry import SHUTTING_DOWN, never_started
+from plait.wire.settle import status_watcher
 
 log = logging.getLogger("plait.wire")
 
@@ -157,7 +158,6 @@ class _Lane:
     """One ``ProcessStream`` call and the reader task that routes its responses."""
 
     def __init__(self, open_stream: OpenStream) -> None:
-        watchers = _status_watchers()  # the call starts its own once this loop runs it
         self.rpc = open_stream()
         self.pending: dict[str, asyncio.Future[pb.Response]] = {}
         self.opened = time.monotonic()
@@ -173,17 +173,14 @@ class _Lane:
         self._idle: asyncio.TimerHandle | None = None
         self._write_failed = False
         self._background: set[asyncio.Task[None]] = set()  # held here: the loop keeps weak refs
-        self._watchers: set[asyncio.Task[Any]] = set()
         self._reader = asyncio.create_task(self._read(), name="plait-grpc-lane")
         # Servers send their initial metadata as a stream starts: until then nothing is written,
         # so a refused stream (unreachable, unauthenticated) reports the server's own status.
-        self._accepted = asyncio.create_task(self._accept(watchers), name="plait-grpc-lane-accept")
+        self._accepted = asyncio.create_task(self._accept(), name="plait-grpc-lane-accept")
 
-    async def _accept(self, before: set[asyncio.Task[Any]]) -> None:
+    async def _accept(self) -> None:
         with contextlib.suppress(Exception):
             self.batch_limit = batch_limit(await self.rpc.initial_metadata())
-        # gRPC starts the call's status watcher before it reads the initial metadata.
-        self._watchers = _status_watchers() - before
 
     def usable(self, now: float) -> bool:
         return not self.dead and not self.retiring and now - self.opened < LANE_MAX_AGE
@@ -356,20 +353,20 @@ class _Lane:
     async def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        watcher = status_watcher(self.rpc)
         self.rpc.cancel()
         # The reader ends once gRPC has delivered the cancelled read; it is only cancelled if that
         # takes long. Ending with the stream's own events delivered matters when gRPC relays them
         # to this loop from another one (a process whose first gRPC loop is another thread's):
-        # events still on their way when this loop closes would find it closed. The call's status
-        # watcher is one of them: cancel() sets the status at once, but the watcher's event from
-        # gRPC core still comes.
+        # events still on their way when this loop closes would find it closed. The last of them
+        # goes to the call's status watcher (plait.wire.settle).
         await asyncio.wait({self._reader, self._accepted}, timeout=_END_WAIT_S)
         for task in (self._reader, self._accepted):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-        if self._watchers:
-            await asyncio.wait(self._watchers, timeout=_END_WAIT_S)
+        if watcher is not None:
+            await asyncio.wait({watcher}, timeout=_END_WAIT_S)
 
 
 class _LaneEnded(grpc.RpcError):  # type: ignore[misc]
@@ -390,16 +387,6 @@ class _LaneEnded(grpc.RpcError):  # type: ignore[misc]
 
     def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return () if self._blob is None else ((ERROR_METADATA_KEY, self._blob),)
-
-
-_STATUS_WATCHER = "_AioCall._handle_status_once_received"
-"""The task grpc.aio starts per streaming call to receive its status (its coroutine's name)."""
-
-
-def _status_watchers() -> set[asyncio.Task[Any]]:
-    """This loop's gRPC status watchers (none found if grpc.aio renames them: then closing waits
-    for the read and the initial metadata only, as it did before)."""
-    return {t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == _STATUS_WATCHER}
 
 
 def _seen(future: asyncio.Future[None]) -> None:
