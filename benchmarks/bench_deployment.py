@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_deployment.py [--rounds 3] [--jina-python ../jina-venv/bin/python]
 
 Each round measures the grpc.aio one-hop floor and plait back to back, so both see the same machine
-load. plait's bulk figure in a round is the median of 3 posts; reported figures are medians over
+load. Each system's bulk figure in a round is the median of 3 posts after a warm-up post (the
+baselines' ``--bulk-repeats`` and ``--warm-bulk``); reported figures are medians over
 rounds, and every plait figure is also given as a ratio against the baselines measured in this
 run. Jina runs once per round when its interpreter exists
 (DESIGN.md §5 says how to make it). Prints one JSON object, then a Markdown table on stderr.
