@@ -154,6 +154,11 @@ def test_executors_stop_and_start_plainly_when_the_server_dies() -> None:
             assert status.pid != old[status.label]
             assert ppid(status.pid) == os.getpid()
             assert status.last_exit == f"exited with code {LOST_EXIT_CODE}"
+            # Alive is not yet serving: a plain process takes its imports first (a second or more
+            # on a loaded machine), longer than a call's retries wait when every replica is down.
+            host, port = status.address.rsplit(":", 1)
+            with Client(host, int(port)) as replica:
+                wait_for(lambda replica=replica: replica.is_ready(timeout=1.0), timeout=60)
         out = dep.post("/version", Note(text="x"))
         assert out.text[0].startswith("v1:")
 
