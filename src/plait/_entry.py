@@ -33,6 +33,17 @@ SERVING_ENV_DEFAULTS = {
 """Environment every process command sets before anything is imported, unless the user set it."""
 
 
+def set_serving_env() -> None:
+    """Set :data:`SERVING_ENV_DEFAULTS` the user did not set, before numpy loads.
+
+    The one place plait writes the environment (a departure from DESIGN rule 2): OpenBLAS reads it
+    when numpy loads, and this runs only in a process command's own main or the executor fork
+    server, never in a user's process.
+    """
+    for name, value in SERVING_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -105,10 +116,7 @@ def main() -> None:
         cli_main()
         return
     kind, config, log_level = command
-    # The one place plait writes the environment (a departure from DESIGN rule 2): OpenBLAS reads
-    # it when numpy loads, and this is the process command's own main, never a user's process.
-    for name, value in SERVING_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    set_serving_env()
     setup_logging(log_level)
     from plait.errors import PlaitError
 

@@ -41,12 +41,9 @@ MAX_MESSAGE = 1 << 20
 
 def preload() -> None:
     """Import what an executor process imports before it loads the user's code."""
-    from plait._entry import SERVING_ENV_DEFAULTS
+    from plait._entry import set_serving_env
 
-    # Before numpy loads, as the process command does (plait._entry.main explains the exception).
-    for name, value in SERVING_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    import plait._entry
+    set_serving_env()  # before numpy loads, as the process command does
     import plait.config
     import plait.serve
     import plait.serve.server  # noqa: F401
