@@ -69,8 +69,9 @@ def _numpy() -> Any:
     return _np
 
 
-def _is_array(obj: Any) -> bool:
-    np = sys.modules.get("numpy")  # not imported: no array can be here
+def is_array(obj: Any) -> bool:
+    """``obj`` is a numpy array (without importing numpy: if it is not loaded, none can be here)."""
+    np = sys.modules.get("numpy")
     return np is not None and isinstance(obj, np.ndarray)
 
 
@@ -159,13 +160,13 @@ def encode_with(encoder: msgspec.msgpack.Encoder, value: Any) -> bytes:
 
 def value_enc_hook(obj: Any) -> Any:
     """msgspec's hook for the values it does not know: tensors, numpy scalars, mappings."""
-    if _is_array(obj):
+    if is_array(obj):
         return msgspec.msgpack.Ext(TENSOR_EXT, tensor_payload(obj))
     return _common_enc_hook(obj)
 
 
 def _json_enc_hook(obj: Any) -> Any:
-    if _is_array(obj):
+    if is_array(obj):
         return obj.tolist()
     return _common_enc_hook(obj)
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import copy
 import operator
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from plait.docs.rows import is_array
 from plait.errors import ConfigError
 
 __all__ = ["Condition", "compile_condition", "filter_rows"]
@@ -250,17 +250,12 @@ def _all_values(tests: Sequence[_ValueTest]) -> _ValueTest:
 # -- operators -----------------------------------------------------------------------------------
 
 
-def _is_array(value: Any) -> bool:
-    np = sys.modules.get("numpy")  # not imported: no value can be an array
-    return np is not None and isinstance(value, np.ndarray)
-
-
 def _safe_eq(a: Any, b: Any) -> bool:
     """Equality that never raises and never returns an array."""
-    if _is_array(a) or _is_array(b):
+    if is_array(a) or is_array(b):
         import numpy as np
 
-        return _is_array(a) and _is_array(b) and a.shape == b.shape and bool(np.array_equal(a, b))
+        return is_array(a) and is_array(b) and a.shape == b.shape and bool(np.array_equal(a, b))
     try:
         return bool(a == b)
     except Exception:  # e.g. lists holding arrays: their == is ambiguous
@@ -292,14 +287,14 @@ def _op_neq(arg: Any, where: str) -> _ValueTest:
 
 def _ordering(compare: Callable[[Any, Any], Any]) -> Callable[[Any, str], _ValueTest]:
     def build(arg: Any, where: str) -> _ValueTest:
-        if arg is None or isinstance(arg, Mapping | list | tuple) or _is_array(arg):
+        if arg is None or isinstance(arg, Mapping | list | tuple) or is_array(arg):
             raise ConfigError(f"{where}: expected a number or str to compare with, got {arg!r}")
         same_kind = _NUMBERS if type(arg) in _NUMBERS else frozenset({type(arg)})
 
         def test(value: Any) -> bool:
             if type(value) in same_kind:  # the usual case: int/float against a number, str against str
                 return bool(compare(value, arg))
-            if value is None or _is_array(value):
+            if value is None or is_array(value):
                 return False
             try:
                 return bool(compare(value, arg))
