@@ -21,8 +21,6 @@ from plait.wire.retry import with_retries
 from plait.wire.settle import settled
 
 _METHOD = f"/{SERVICE_NAME}/"
-_SETTLE_S = 1.0
-"""How long a stream the caller stopped reading waits for gRPC's last event of it (plait.wire.settle)."""
 
 
 def _loads(raw: bytes) -> dict[str, Any]:
@@ -88,7 +86,7 @@ class GrpcTransport(Transport):
         if self._channel is not None:
             channel, self._channel = self._channel, None
             # Streams a caller left without closing (a `break` out of stream_doc) end here.
-            await asyncio.gather(*(settled(rpc, _SETTLE_S) for rpc in self._streams))
+            await asyncio.gather(*(settled(rpc) for rpc in self._streams))
             self._streams.clear()
             await self._mux.close()
             await channel.close()
@@ -156,7 +154,7 @@ class GrpcTransport(Transport):
             raise self._error(e) from None
         finally:  # also when the caller stops reading early
             self._streams.discard(rpc)
-            await settled(rpc, _SETTLE_S)
+            await settled(rpc)
 
     async def health(self, timeout: float | None = None) -> str:
         await self.open()

@@ -49,7 +49,7 @@ from plait.errors import ERROR_METADATA_KEY, error_from_details
 from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
 from plait.wire.retry import SHUTTING_DOWN, never_started
-from plait.wire.settle import status_watcher
+from plait.wire.settle import settled
 
 log = logging.getLogger("plait.wire")
 
@@ -353,7 +353,6 @@ class _Lane:
     async def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        watcher = status_watcher(self.rpc)
         self.rpc.cancel()
         # The reader ends once gRPC has delivered the cancelled read; it is only cancelled if that
         # takes long. Ending with the stream's own events delivered matters when gRPC relays them
@@ -365,8 +364,7 @@ class _Lane:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-        if watcher is not None:
-            await asyncio.wait({watcher}, timeout=_END_WAIT_S)
+        await settled(self.rpc, _END_WAIT_S)
 
 
 class _LaneEnded(grpc.RpcError):  # type: ignore[misc]

@@ -39,7 +39,11 @@ def status_watcher(rpc: Any) -> asyncio.Task[Any] | None:
     return None
 
 
-async def settled(rpc: Any, timeout: float) -> None:
+SETTLE_S = 1.0
+"""How long closing a stream waits, at most, for gRPC's last event of it."""
+
+
+async def settled(rpc: Any, timeout: float = SETTLE_S) -> None:
     """Cancel ``rpc`` (if still running) and wait up to ``timeout`` s for gRPC's last event of it."""
     rpc.cancel()
     watcher = status_watcher(rpc)
