@@ -240,6 +240,13 @@ class ShardIndexer(Executor):
         return docs
 
 
+def _leave_marker(path: str) -> None:
+    """Writes "cancelled" to `path` atomically: a test polling for the file never reads it half-written."""
+    with open(path + ".part", "w") as f:
+        f.write("cancelled")
+    os.replace(path + ".part", path)
+
+
 class Cancellable(Executor):
     """`/wait` sleeps; if the request is cancelled it leaves a marker file in the workspace."""
 
@@ -248,8 +255,7 @@ class Cancellable(Executor):
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
-            with open(parameters["marker"], "w") as f:
-                f.write("cancelled")
+            _leave_marker(parameters["marker"])
             raise
         return docs
 
@@ -265,8 +271,7 @@ class Cancellable(Executor):
                 yield Token(text=str(i), index=i)
                 await asyncio.sleep(0.05)
         except (asyncio.CancelledError, GeneratorExit):
-            with open(parameters["marker"], "w") as f:
-                f.write("cancelled")
+            _leave_marker(parameters["marker"])
             raise
 
 
