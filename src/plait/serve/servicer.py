@@ -9,7 +9,13 @@ import collections
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from plait.errors import DeadlineExceededError, PlaitError, UnavailableError
+from plait.errors import (
+    BadRequestError,
+    DeadlineExceededError,
+    PayloadTooLargeError,
+    PlaitError,
+    UnavailableError,
+)
 from plait.observe.tracing import incoming, trace_headers
 from plait.serve.processor import Processor
 from plait.serve.service import MalformedMessage
@@ -17,6 +23,8 @@ from plait.wire import abort_with, fail_with, plait_pb2_grpc
 from plait.wire import plait_pb2 as pb
 from plait.wire.lanes import batch_limit, batch_metadata, join_responses, take_batch
 from plait.wire.retry import SHUTTING_DOWN
+from plait.wire.shm import SHM_KEY, Region, answer_in_slot, take_docs
+from plait.wire.shm import enabled as shm_enabled
 from plait.wire.status import error_reply, message_timeout
 
 STREAM_WINDOW = 64
@@ -43,6 +51,7 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         callers keep joined requests under it."""
         self.handler = processor
         self._batch_metadata = batch_metadata(receive_limit)
+        self._receive_limit = receive_limit
         self._stream_window = stream_window
         self._description = processor.describe()
         self._trace_context = bool(getattr(processor, "wants_trace_context", False))
@@ -89,14 +98,23 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         request is answered with ``error``; the stream goes on. When the caller goes away, every
         request of the stream is cancelled. A caller that reads joined responses (``plait-batch``
         in its metadata) gets those that are ready at once in one message; joined requests
-        (``Request.batch``) are read as if they had come one by one. Yields serialized responses."""
+        (``Request.batch``) are read as if they had come one by one. A caller on this host that
+        offers a shared-memory region gets large documents through it (:mod:`plait.wire.shm`).
+        Yields serialized responses."""
         metadata = context.invocation_metadata() or ()
         if self._trace_context:
             incoming.set(trace_headers(metadata))
         limit = batch_limit(metadata)  # None: the caller reads no joined responses
+        region = _attach(metadata)
         # At once, so the caller knows its stream was accepted before it sends (plait.wire.lanes),
-        # and that it may join requests.
-        await context.send_initial_metadata(self._batch_metadata)
+        # that it may join requests, and whether the region is mapped here.
+        accepted = self._batch_metadata if region is None else (*self._batch_metadata, (SHM_KEY, "1"))
+        try:
+            await context.send_initial_metadata(accepted)
+        except BaseException:
+            if region is not None:
+                region.close()
+            raise
         ready: collections.deque[bytes | PlaitError | None] = collections.deque()
         wake = asyncio.Event()
         window = asyncio.Semaphore(self._stream_window)
@@ -113,13 +131,18 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                 drained = True
                 put(None)
 
-        async def one(request: pb.Request) -> None:
+        async def one(request: pb.Request, slot: tuple[int, int] | None) -> None:
             try:
                 response = await self._one_of_stream(request, context)
             finally:
                 window.release()
-                if running.get(request.request_id) is asyncio.current_task():
+                wanted = running.get(request.request_id) is asyncio.current_task()
+                if wanted:
                     del running[request.request_id]
+            # A cancelled request (whose executor went on anyway) never writes into its slot: the
+            # caller may have been told it is free.
+            if slot is not None and region is not None and wanted:
+                answer_in_slot(region, *slot, response)
             put(response)
             end_if_drained()
 
@@ -130,17 +153,38 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                         if isinstance(message, MalformedMessage):  # its id is unknown: end the call
                             put(message.error)
                             return
+                        joined = len(message.batch) > 1
                         for request in message.batch or (message,):
                             if request.cancel:  # the caller gave up on this one: stop its work
                                 task = running.pop(request.request_id, None)
                                 if task is not None:
                                     task.cancel()
+                                if request.HasField("shared"):  # the caller may reuse its slot now
+                                    put(pb.Response(request_id=request.request_id))
                                 continue
+                            slot = None
+                            if request.HasField("shared"):  # its docs are in the caller's region
+                                slot = (request.shared.offset, request.shared.capacity)
+                                refused = self._refuse_slot(request.request_id, request.shared.length)
+                                wrong = None if refused else take_docs(region, request)
+                                if refused or wrong is not None:
+                                    put(
+                                        refused
+                                        or error_reply(request.request_id, BadRequestError(wrong or ""))
+                                    )
+                                    continue
                             if self._draining:
                                 put(_shutting_down(request.request_id))
                                 continue
                             await window.acquire()
-                            running[request.request_id] = tasks.create_task(one(request))
+                            running[request.request_id] = tasks.create_task(one(request, slot))
+                            if joined:
+                                # One at a time: the request just started runs (and its response
+                                # is sent) before the next starts, as if they had come one by one.
+                                # Else every request of the carrier would run first, and all their
+                                # responses leave together: each hop of a pipeline would hold the
+                                # whole window while the others wait.
+                                await asyncio.sleep(0)
             finally:
                 put(None)
 
@@ -167,6 +211,22 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         finally:
             self._streams.discard(end_if_drained)
             reader.cancel()
+            if region is not None:
+                region.close()
+
+    def _refuse_slot(self, request_id: str, length: int) -> pb.Response | None:
+        """An error reply for docs in a slot larger than this server takes in a message: shared
+        memory is not a way around ``max_message_size``."""
+        limit = self._receive_limit
+        if limit is None or limit <= 0 or length <= limit:
+            return None
+        error = PayloadTooLargeError(
+            f"message too large: documents of {length} bytes are over this server's limit of {limit} "
+            "bytes; raise max_message_size on both ends, or send fewer docs per request (request_size)",
+            request_id=request_id,
+            limit=limit,
+        )
+        return error_reply(request_id, error)
 
     async def _one_of_stream(self, request: pb.Request, context: Any) -> pb.Response:
         """One request of a ``ProcessStream``: its response, or one that carries its error."""
@@ -193,6 +253,15 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
         if isinstance(request, MalformedMessage):
             await abort_with(context, request.error)
         return self._description
+
+
+def _attach(metadata: Any) -> Region | None:
+    """The shared-memory region the caller offers, mapped; None if it offers none or it cannot be
+    mapped here (the caller is on another host)."""
+    for key, value in metadata:
+        if key == SHM_KEY and shm_enabled():
+            return Region.attach(str(value))
+    return None
 
 
 def _is_bytes(item: object) -> bool:

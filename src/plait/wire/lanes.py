@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import itertools
 import logging
 import time
@@ -45,11 +44,14 @@ from typing import Any
 import grpc
 import msgspec
 
-from plait.errors import ERROR_METADATA_KEY, error_from_details
+from plait.errors import ERROR_METADATA_KEY, UnavailableError, error_from_details
 from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
 from plait.wire.retry import SHUTTING_DOWN, never_started
 from plait.wire.settle import settled
+from plait.wire.shm import SHM_KEY, Region, put_docs, take_docs
+from plait.wire.shm import enabled as shm_enabled
+from plait.wire.status import error_details
 
 log = logging.getLogger("plait.wire")
 
@@ -136,8 +138,9 @@ def take_batch(
     return taken
 
 
-OpenStream = Callable[[], Any]
-"""Opens one ``ProcessStream`` call (a ``grpc.aio.StreamStreamCall`` with no request iterator)."""
+OpenStream = Callable[..., Any]
+"""Opens one ``ProcessStream`` call (a ``grpc.aio.StreamStreamCall`` with no request iterator);
+takes the call's extra metadata (a shared-memory region's offer) as its one argument, if any."""
 
 
 def stream_opener(
@@ -151,14 +154,24 @@ def stream_opener(
         request_serializer=None,
         response_deserializer=pb.Response.FromString,
     )
-    return functools.partial(multicallable, metadata=(*(metadata or ()), *batch_metadata(receive_limit)))
+    base = (*(metadata or ()), *batch_metadata(receive_limit))
+
+    def open_stream(extra: tuple[tuple[str, str], ...] = ()) -> Any:
+        return multicallable(metadata=(*base, *extra))
+
+    return open_stream
 
 
 class _Lane:
     """One ``ProcessStream`` call and the reader task that routes its responses."""
 
     def __init__(self, open_stream: OpenStream) -> None:
-        self.rpc = open_stream()
+        # A region for large documents, used once the server says it mapped it (plait.wire.shm).
+        self._offered = Region.create() if shm_enabled() else None
+        self.shared: Region | None = None
+        self._slots: dict[str, int] = {}
+        """Offset of the slot each request in flight with its docs in the region holds."""
+        self.rpc = open_stream(self._offered.offer()) if self._offered is not None else open_stream()
         self.pending: dict[str, asyncio.Future[pb.Response]] = {}
         self.opened = time.monotonic()
         self.dead = False
@@ -179,8 +192,20 @@ class _Lane:
         self._accepted = asyncio.create_task(self._accept(), name="plait-grpc-lane-accept")
 
     async def _accept(self) -> None:
-        with contextlib.suppress(Exception):
-            self.batch_limit = batch_limit(await self.rpc.initial_metadata())
+        offered, self._offered = self._offered, None
+        try:
+            metadata = await self.rpc.initial_metadata()
+            self.batch_limit = batch_limit(metadata)
+            if offered is not None and not self.dead and any(key == SHM_KEY for key, _ in metadata or ()):
+                self.shared, offered = offered, None
+        except Exception:
+            pass
+        finally:
+            if offered is not None:  # not mapped there (another host, or refused)
+                offered.unlink()
+                offered.close()
+            elif self.shared is not None:
+                self.shared.unlink()  # both ends have it mapped: no file to leave behind
 
     def usable(self, now: float) -> bool:
         return not self.dead and not self.retiring and now - self.opened < LANE_MAX_AGE
@@ -205,12 +230,18 @@ class _Lane:
             if self.rpc.done():  # refused: its status says why
                 raise await self._ended()
             sent = True  # from here the message goes out even if this caller is cancelled
+            data = None
+            if self.shared is not None:
+                placed = put_docs(self.shared, request)
+                if placed is not None:
+                    data, self._slots[rid] = placed
             try:
-                await self._write(request)
+                await self._write(request.SerializeToString() if data is None else data)
             except (asyncio.InvalidStateError, grpc.aio.UsageError, grpc.RpcError):
                 # The stream ended (the server closed it, or went away) as the request was sent:
                 # it never left, so it can be sent again elsewhere.
                 sent = False
+                self._free_slot(rid)
                 raise _not_sent("the stream ended as the request was sent") from None
             response = await future
         finally:
@@ -225,14 +256,14 @@ class _Lane:
             raise _not_sent(SHUTTING_DOWN)
         return response
 
-    async def _write(self, message: pb.Request) -> None:
-        """Write ``message`` after those before it. Writes happen in a task of their own (the
-        flusher), shielded from the caller: grpc.aio cancels the whole call when a write is
-        cancelled, which would fail every other request on the lane. Messages that queue while a
-        write is in flight go out together, in one carrier, once the server reads those."""
+    async def _write(self, message: bytes) -> None:
+        """Write ``message`` (a serialized request) after those before it. Writes happen in a task
+        of their own (the flusher), shielded from the caller: grpc.aio cancels the whole call when
+        a write is cancelled, which would fail every other request on the lane. Messages that queue
+        while a write is in flight go out together, in one carrier, once the server reads those."""
         sent = asyncio.get_running_loop().create_future()
         sent.add_done_callback(_seen)
-        self._outbox.append((message.SerializeToString(), sent))
+        self._outbox.append((message, sent))
         if self._flusher is None:
             self._flusher = self._spawn(self._flush())
         await asyncio.shield(sent)
@@ -272,7 +303,10 @@ class _Lane:
     def _cancel_remote(self, rid: str) -> None:
         async def send_cancel() -> None:
             with contextlib.suppress(Exception):
-                await self._write(pb.Request(request_id=rid, cancel=True))
+                cancel = pb.Request(request_id=rid, cancel=True)
+                if rid in self._slots:  # asks the server to say when it will not write into the slot
+                    cancel.shared.SetInParent()
+                await self._write(cancel.SerializeToString())
 
         self._spawn(send_cancel())
 
@@ -299,6 +333,8 @@ class _Lane:
                     error = _not_sent("the server closed the stream (shutting down?)")
                     break
                 for one in response.batch or (response,):
+                    if self._slots:
+                        self._answered(one)
                     future = self.pending.pop(one.request_id, None)
                     if future is not None and not future.done():
                         future.set_result(one)
@@ -318,10 +354,31 @@ class _Lane:
             error = _LaneEnded(grpc.StatusCode.UNAVAILABLE, f"stream reader failed: {e!r}")
         self.dead = True
         self.error = error
+        self._slots.clear()
+        if self.shared is not None:  # the server writes no more: nor reads what is left in it
+            self.shared.close()
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
+
+    def _answered(self, response: pb.Response) -> None:
+        """The server is done with the request's slot: its docs come out of it, if they are there."""
+        offset = self._slots.pop(response.request_id, None)
+        if offset is None or self.shared is None:
+            return
+        if response.HasField("shared"):
+            wrong = take_docs(self.shared, response)
+            if wrong is not None:
+                response.ClearField("shared")
+                unreadable = UnavailableError(f"the server's response is unreadable: {wrong}")
+                response.error = error_details(unreadable)
+        self.shared.free(offset)
+
+    def _free_slot(self, rid: str) -> None:
+        offset = self._slots.pop(rid, None)
+        if offset is not None and self.shared is not None:
+            self.shared.free(offset)
 
     def retire(self) -> None:
         """Take no new requests; close once the ones in flight are answered."""
@@ -364,6 +421,10 @@ class _Lane:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+        if self._offered is not None:  # cancelled before it learnt whether the server mapped it
+            self._offered.unlink()
+            self._offered.close()
+            self._offered = None
         await settled(self.rpc, _END_WAIT_S)
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bplait.proto\x12\x08plait.v1\"\xc2\x01\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\x17\n\x0ftarget_executor\x18\x04 \x01(\t\x12\x0c\n\x04\x64ocs\x18\x05 \x01(\x0c\x12\x13\n\x0b\x64ocs_matrix\x18\x06 \x03(\x0c\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\x12\x0e\n\x06\x63\x61ncel\x18\x08 \x01(\x08\x12 \n\x05\x62\x61tch\x18\t \x03(\x0b\x32\x11.plait.v1.Request\"r\n\x08Response\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64ocs\x18\x02 \x01(\x0c\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\x0c\x12!\n\x05\x62\x61tch\x18\x05 \x03(\x0b\x32\x12.plait.v1.Response\"\x11\n\x0f\x44\x65scribeRequest\"\xb3\x01\n\x0c\x45ndpointInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinput_schema\x18\x02 \x01(\t\x12\x15\n\routput_schema\x18\x03 \x01(\t\x12\x11\n\tstreaming\x18\x04 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x05 \x01(\t\x12\x19\n\x11parameters_schema\x18\x06 \x01(\t\x12\x19\n\x11wants_docs_matrix\x18\x07 \x01(\x08\x12\x12\n\nidempotent\x18\x08 \x01(\x08\"\xa8\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12)\n\tendpoints\x18\x04 \x03(\x0b\x32\x16.plait.v1.EndpointInfo\x12\x16\n\x0e\x65xecutor_class\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x06 \x01(\x05\x12\x10\n\x08shard_id\x18\x07 \x01(\x05\x32\xeb\x01\n\x05Plait\x12\x30\n\x07Process\x12\x11.plait.v1.Request\x1a\x12.plait.v1.Response\x12\x31\n\x06Stream\x12\x11.plait.v1.Request\x1a\x12.plait.v1.Response0\x01\x12:\n\rProcessStream\x12\x11.plait.v1.Request\x1a\x12.plait.v1.Response(\x01\x30\x01\x12\x41\n\x08\x44\x65scribe\x12\x19.plait.v1.DescribeRequest\x1a\x1a.plait.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bplait.proto\x12\x08plait.v1\"\xe4\x01\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\x17\n\x0ftarget_executor\x18\x04 \x01(\t\x12\x0c\n\x04\x64ocs\x18\x05 \x01(\x0c\x12\x13\n\x0b\x64ocs_matrix\x18\x06 \x03(\x0c\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\x12\x0e\n\x06\x63\x61ncel\x18\x08 \x01(\x08\x12 \n\x05\x62\x61tch\x18\t \x03(\x0b\x32\x11.plait.v1.Request\x12 \n\x06shared\x18\n \x01(\x0b\x32\x10.plait.v1.Shared\":\n\x06Shared\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\"\x94\x01\n\x08Response\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64ocs\x18\x02 \x01(\x0c\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\x0c\x12!\n\x05\x62\x61tch\x18\x05 \x03(\x0b\x32\x12.plait.v1.Response\x12 \n\x06shared\x18\x06 \x01(\x0b\x32\x10.plait.v1.Shared\"\x11\n\x0f\x44\x65scribeRequest\"\xb3\x01\n\x0c\x45ndpointInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinput_schema\x18\x02 \x01(\t\x12\x15\n\routput_schema\x18\x03 \x01(\t\x12\x11\n\tstreaming\x18\x04 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x05 \x01(\t\x12\x19\n\x11parameters_schema\x18\x06 \x01(\t\x12\x19\n\x11wants_docs_matrix\x18\x07 \x01(\x08\x12\x12\n\nidempotent\x18\x08 \x01(\x08\"\xa8\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12)\n\tendpoints\x18\x04 \x03(\x0b\x32\x16.plait.v1.EndpointInfo\x12\x16\n\x0e\x65xecutor_class\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x06 \x01(\x05\x12\x10\n\x08shard_id\x18\x07 \x01(\x05\x32\xeb\x01\n\x05Plait\x12\x30\n\x07Process\x12\x11.plait.v1.Request\x1a\x12.plait.v1.Response\x12\x31\n\x06Stream\x12\x11.plait.v1.Request\x1a\x12.plait.v1.Response0\x01\x12:\n\rProcessStream\x12\x11.plait.v1.Request\x1a\x12.plait.v1.Response(\x01\x30\x01\x12\x41\n\x08\x44\x65scribe\x12\x19.plait.v1.DescribeRequest\x1a\x1a.plait.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'plait_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REQUEST']._serialized_start=26
-  _globals['_REQUEST']._serialized_end=220
-  _globals['_RESPONSE']._serialized_start=222
-  _globals['_RESPONSE']._serialized_end=336
-  _globals['_DESCRIBEREQUEST']._serialized_start=338
-  _globals['_DESCRIBEREQUEST']._serialized_end=355
-  _globals['_ENDPOINTINFO']._serialized_start=358
-  _globals['_ENDPOINTINFO']._serialized_end=537
-  _globals['_DESCRIBERESPONSE']._serialized_start=540
-  _globals['_DESCRIBERESPONSE']._serialized_end=708
-  _globals['_PLAIT']._serialized_start=711
-  _globals['_PLAIT']._serialized_end=946
+  _globals['_REQUEST']._serialized_end=254
+  _globals['_SHARED']._serialized_start=256
+  _globals['_SHARED']._serialized_end=314
+  _globals['_RESPONSE']._serialized_start=317
+  _globals['_RESPONSE']._serialized_end=465
+  _globals['_DESCRIBEREQUEST']._serialized_start=467
+  _globals['_DESCRIBEREQUEST']._serialized_end=484
+  _globals['_ENDPOINTINFO']._serialized_start=487
+  _globals['_ENDPOINTINFO']._serialized_end=666
+  _globals['_DESCRIBERESPONSE']._serialized_start=669
+  _globals['_DESCRIBERESPONSE']._serialized_end=837
+  _globals['_PLAIT']._serialized_start=840
+  _globals['_PLAIT']._serialized_end=1075
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix", "timeout", "cancel", "batch")
+    __slots__ = ("request_id", "endpoint", "parameters", "target_executor", "docs", "docs_matrix", "timeout", "cancel", "batch", "shared")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class Request(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     parameters: bytes
@@ -26,21 +27,34 @@ class Request(_message.Message):
     timeout: float
     cancel: bool
     batch: _containers.RepeatedCompositeFieldContainer[Request]
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ..., timeout: _Optional[float] = ..., cancel: _Optional[bool] = ..., batch: _Optional[_Iterable[_Union[Request, _Mapping]]] = ...) -> None: ...
+    shared: Shared
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., parameters: _Optional[bytes] = ..., target_executor: _Optional[str] = ..., docs: _Optional[bytes] = ..., docs_matrix: _Optional[_Iterable[bytes]] = ..., timeout: _Optional[float] = ..., cancel: _Optional[bool] = ..., batch: _Optional[_Iterable[_Union[Request, _Mapping]]] = ..., shared: _Optional[_Union[Shared, _Mapping]] = ...) -> None: ...
+
+class Shared(_message.Message):
+    __slots__ = ("offset", "length", "capacity")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    capacity: int
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "docs", "parameters", "error", "batch")
+    __slots__ = ("request_id", "docs", "parameters", "error", "batch", "shared")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DOCS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     docs: bytes
     parameters: bytes
     error: bytes
     batch: _containers.RepeatedCompositeFieldContainer[Response]
-    def __init__(self, request_id: _Optional[str] = ..., docs: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., error: _Optional[bytes] = ..., batch: _Optional[_Iterable[_Union[Response, _Mapping]]] = ...) -> None: ...
+    shared: Shared
+    def __init__(self, request_id: _Optional[str] = ..., docs: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., error: _Optional[bytes] = ..., batch: _Optional[_Iterable[_Union[Response, _Mapping]]] = ..., shared: _Optional[_Union[Shared, _Mapping]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

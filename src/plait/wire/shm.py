@@ -1,0 +1,271 @@
+"""Shared memory for large documents between processes on one host.
+
+A gRPC message of a few hundred kilobytes costs far more than its bytes: gRPC copies it through its
+buffers, the kernel copies it through a socket, and the pages it lands in fault in fresh on each
+side. Between a gateway and the executors it forked, or a client and a gateway on the same machine,
+none of that is needed. So a caller that opens a ``ProcessStream`` (a *lane*, :mod:`plait.wire.lanes`)
+also creates a *region*: a file in ``/dev/shm`` it maps, named in the call's metadata
+(``plait-shm``) with a random token the file starts with. A server that can map the same file (it
+runs on the same host, as a user allowed to open it) and finds the token there says so in its
+initial metadata; from then on:
+
+- a request whose documents are at least ``MIN_BYTES`` long carries them in a *slot* of the region
+  (the caller allocates it and copies them in) and only the slot's place in the message
+  (``Request.shared``);
+- the server copies them out as it reads the request, and writes the response's documents into the
+  same slot when they fit (``Response.shared``), else sends them in the message as usual;
+- the caller copies the response's documents out and frees the slot. A slot is freed only when its
+  request is answered or the lane ends: a server never writes into a slot the caller reused.
+
+The caller unlinks the file once the server has answered (both sides keep their mappings), so no
+file outlives a crash. Nothing changes for a server elsewhere (another host, a container): it cannot
+open the path, says nothing, and the documents travel in the messages. ``PLAIT_SHM=0`` in a
+process's environment turns it off there (as a caller and as a server).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import mmap
+import os
+import secrets
+
+from plait.wire import plait_pb2 as pb
+
+log = logging.getLogger("plait.wire")
+
+SHM_KEY = "plait-shm"
+"""Metadata key: in a caller's, the region it offers (``path#token``); in a server's initial
+metadata, that it mapped the region (value ``1``)."""
+SHM_ENV = "PLAIT_SHM"
+SHM_DIR = "/dev/shm"
+PREFIX = "plait-"
+MIN_BYTES = 32 * 1024
+"""Documents smaller than this travel in the message: the slot's bookkeeping is not worth it."""
+REGION_BYTES = 8 * 1024 * 1024
+"""Size of a lane's region. Only the pages slots use are ever touched (a tmpfs file is sparse); a
+request that finds no room travels in the message."""
+_PAGE = 4096
+_TOKEN_BYTES = 16
+_HEADER = _PAGE
+"""The token sits at the start of the region; slots start after its page."""
+
+
+def enabled() -> bool:
+    return os.environ.get(SHM_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class Region:
+    """A mapped shared-memory file: slots allocated first-fit (the caller's side) and read and
+    written at offsets (both sides)."""
+
+    def __init__(self, mm: mmap.mmap, path: str, token: bytes) -> None:
+        self._mm = mm
+        self.path = path
+        self.token = token
+        self.size = len(mm)
+        self._free: list[tuple[int, int]] = [(_HEADER, self.size - _HEADER)]
+        """Free extents, (offset, size), sorted by offset and never adjacent."""
+        self._used: dict[int, int] = {}
+        self.closed = False
+
+    @classmethod
+    def create(cls, size: int = REGION_BYTES) -> Region | None:
+        """A new region (the caller's side); None where there is no ``/dev/shm`` or it is full."""
+        global _swept
+        if not _swept:
+            _swept = True
+            sweep()
+        path = os.path.join(SHM_DIR, f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        finally:
+            os.close(fd)
+        token = secrets.token_bytes(_TOKEN_BYTES)
+        mm[:_TOKEN_BYTES] = token
+        return cls(mm, path, token)
+
+    def offer(self) -> tuple[tuple[str, str], ...]:
+        """The caller's metadata entry naming this region."""
+        return ((SHM_KEY, f"{self.path}#{self.token.hex()}"),)
+
+    @classmethod
+    def attach(cls, offer: str) -> Region | None:
+        """The region a caller offered (the server's side), or None: not on this host, not ours to
+        open, not a plait region, or its token does not match."""
+        path, _, token_hex = offer.partition("#")
+        name = os.path.basename(path)
+        if os.path.dirname(path) != SHM_DIR or not name.startswith(PREFIX) or name in (".", ".."):
+            return None
+        try:
+            token = bytes.fromhex(token_hex)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except (ValueError, OSError):
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size <= _HEADER:
+                return None
+            mm = mmap.mmap(fd, size)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(token) != _TOKEN_BYTES or mm[:_TOKEN_BYTES] != token:
+            mm.close()
+            return None
+        return cls(mm, path, token)
+
+    def unlink(self) -> None:
+        """Remove the file (mappings stay valid): once the server has mapped it, or refused to."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._mm.close()
+
+    # The caller's side: slots.
+
+    def alloc(self, length: int) -> tuple[int, int] | None:
+        """A slot for ``length`` bytes, as (offset, capacity); None when none is free that large."""
+        if self.closed:
+            return None
+        need = -(-length // _PAGE) * _PAGE
+        for i, (offset, size) in enumerate(self._free):
+            if size >= need:
+                if size == need:
+                    del self._free[i]
+                else:
+                    self._free[i] = (offset + need, size - need)
+                self._used[offset] = need
+                return offset, need
+        return None
+
+    def free(self, offset: int) -> None:
+        size = self._used.pop(offset, None)
+        if size is None:
+            return
+        free = self._free
+        i = bisect.bisect_left(free, (offset, 0))
+        end = offset + size
+        if i < len(free) and free[i][0] == end:  # joins the extent after it
+            end += free[i][1]
+            del free[i]
+        if i > 0 and free[i - 1][0] + free[i - 1][1] == offset:  # and the one before it
+            offset = free[i - 1][0]
+            i -= 1
+            del free[i]
+        free.insert(i, (offset, end - offset))
+
+    @property
+    def slots_in_use(self) -> int:
+        return len(self._used)
+
+    # Both sides: bytes at offsets.
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._mm[offset : offset + len(data)] = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._mm[offset : offset + length]
+
+    def holds(self, offset: int, length: int) -> bool:
+        """Whether [offset, offset + length) lies within the region's slots (a server checks what
+        a caller sent before reading it)."""
+        return offset >= _HEADER and length >= 0 and offset + length <= self.size
+
+
+_swept = False
+
+
+def sweep() -> int:
+    """Remove the regions of processes that are gone (a file lives only until its server maps it,
+    unless its process dies first). Returns how many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX) :].partition("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's
+        return True
+    return True
+
+
+def put_docs(region: Region, request: pb.Request) -> tuple[bytes, int] | None:
+    """Serialize ``request`` with its documents in a slot of ``region`` (copied in); returns the
+    serialized message and the slot's offset, or None (documents too small, or no room) so that it
+    is sent as it is. ``request`` is left as it was (it may be sent again, on another lane)."""
+    docs = request.docs
+    if len(docs) < MIN_BYTES:
+        return None
+    slot = region.alloc(len(docs))
+    if slot is None:
+        return None
+    offset, capacity = slot
+    region.write(offset, docs)
+    request.ClearField("docs")
+    request.shared.offset = offset
+    request.shared.length = len(docs)
+    request.shared.capacity = capacity
+    try:
+        data = request.SerializeToString()
+    finally:
+        request.ClearField("shared")
+        request.docs = docs
+    return data, offset
+
+
+def take_docs(region: Region | None, message: pb.Request | pb.Response) -> str | None:
+    """Put the documents a message carries in a slot back in its ``docs`` (copied out); returns
+    what is wrong with the slot, if anything."""
+    shared = message.shared
+    if region is None or region.closed:
+        return "the message names a shared-memory slot, but no region is mapped on this stream"
+    if not region.holds(shared.offset, shared.length):
+        where = f"[{shared.offset}, +{shared.length})"
+        return f"shared-memory slot {where} is outside the region ({region.size} bytes)"
+    message.docs = region.read(shared.offset, shared.length)
+    message.ClearField("shared")
+    return None
+
+
+def answer_in_slot(region: Region, offset: int, capacity: int, response: pb.Response) -> None:
+    """Move the response's documents into the request's slot when they are large and fit."""
+    if region.closed:
+        return
+    docs = response.docs
+    if MIN_BYTES <= len(docs) <= capacity and region.holds(offset, len(docs)):
+        region.write(offset, docs)
+        response.ClearField("docs")
+        response.shared.offset = offset
+        response.shared.length = len(docs)
