@@ -178,12 +178,14 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                                 continue
                             await window.acquire()
                             running[request.request_id] = tasks.create_task(one(request, slot))
-                            if joined:
-                                # One at a time: the request just started runs (and its response
-                                # is sent) before the next starts, as if they had come one by one.
-                                # Else every request of the carrier would run first, and all their
-                                # responses leave together: each hop of a pipeline would hold the
-                                # whole window while the others wait.
+                            if joined and slot is not None:
+                                # Large documents (through shared memory, so their messages are
+                                # small and join) start one loop turn apart: the one just started
+                                # runs, and its response is sent, before the next starts. Else all
+                                # the carrier's requests run first and their responses leave
+                                # together, and each hop of a pipeline holds the caller's whole
+                                # window while the others wait. Small requests still start at once,
+                                # and their responses join.
                                 await asyncio.sleep(0)
             finally:
                 put(None)
