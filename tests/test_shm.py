@@ -91,6 +91,37 @@ def test_slots_are_allocated_first_fit_in_pages_and_freed_extents_join() -> None
     assert region.alloc(10) is None  # closed
 
 
+def test_a_region_reserves_its_pages_before_slots_use_them_and_a_full_dev_shm_refuses_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    region = shm.Region.create(size=4 * 1024 * 1024)
+    assert region is not None
+    try:
+        region.unlink()
+        reserved: list[tuple[int, int]] = []
+        real = os.posix_fallocate
+
+        def fallocate(fd: int, offset: int, length: int) -> None:
+            if offset + length > 2 * 1024 * 1024:  # /dev/shm is full past 2 MiB
+                raise OSError(28, "No space left on device")
+            reserved.append((offset, length))
+            real(fd, offset, length)
+
+        monkeypatch.setattr(shm.os, "posix_fallocate", fallocate)
+        first = region.alloc(100_000)
+        assert first is not None and reserved == [(4096, 1024 * 1024 - 4096)]  # up to the first MiB
+        assert region.alloc(100_000) is not None and len(reserved) == 1  # within what is reserved
+        assert region.alloc(1_500_000) is not None  # reaches into the second MiB: reserved too
+        assert reserved[-1] == (1024 * 1024, 1024 * 1024)
+        # Past what /dev/shm can back: no slot (the request goes in its message), nothing leaks.
+        assert region.alloc(1_000_000) is None
+        assert region.slots_in_use == 3
+        region.free(first[0])
+        assert region.alloc(100_000) == first  # the freed slot, already backed
+    finally:
+        region.close()
+
+
 def test_a_server_maps_only_a_plait_region_whose_token_matches(tmp_path: Path) -> None:
     region = shm.Region.create(size=16 * 1024)
     assert region is not None

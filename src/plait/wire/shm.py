@@ -50,6 +50,7 @@ request that finds no room travels in the message."""
 _PAGE = 4096
 _TOKEN_BYTES = 16
 _HEADER = _PAGE
+_RESERVE_STEP = 1024 * 1024
 """The token sits at the start of the region; slots start after its page."""
 
 
@@ -61,8 +62,12 @@ class Region:
     """A mapped shared-memory file: slots allocated first-fit (the caller's side) and read and
     written at offsets (both sides)."""
 
-    def __init__(self, mm: mmap.mmap, path: str, token: bytes) -> None:
+    def __init__(self, mm: mmap.mmap, path: str, token: bytes, fd: int | None = None) -> None:
         self._mm = mm
+        self._fd = fd
+        """The caller's side keeps the file open, to reserve its pages as slots first reach them."""
+        self._reserved = _HEADER
+        """Bytes from the start whose pages are allocated (``posix_fallocate``)."""
         self.path = path
         self.token = token
         self.size = len(mm)
@@ -85,16 +90,16 @@ class Region:
             return None
         try:
             os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, _HEADER)
             mm = mmap.mmap(fd, size)
         except OSError:
+            os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)
             return None
-        finally:
-            os.close(fd)
         token = secrets.token_bytes(_TOKEN_BYTES)
         mm[:_TOKEN_BYTES] = token
-        return cls(mm, path, token)
+        return cls(mm, path, token, fd)
 
     def offer(self) -> tuple[tuple[str, str], ...]:
         """The caller's metadata entry naming this region."""
@@ -136,6 +141,9 @@ class Region:
         if not self.closed:
             self.closed = True
             self._mm.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     # The caller's side: slots.
 
@@ -146,6 +154,8 @@ class Region:
         need = -(-length // _PAGE) * _PAGE
         for i, (offset, size) in enumerate(self._free):
             if size >= need:
+                if offset + need > self._reserved and not self._reserve(offset + need):
+                    return None
                 if size == need:
                     del self._free[i]
                 else:
@@ -153,6 +163,26 @@ class Region:
                 self._used[offset] = need
                 return offset, need
         return None
+
+    def _reserve(self, end: int) -> bool:
+        """Allocate the file's pages up to ``end`` (rounded up to a MiB) before a slot touches them:
+        a page of a sparse file that a full ``/dev/shm`` cannot back would kill the process that
+        touches it (SIGBUS), where a refused reservation only sends the request in the message."""
+        if self._fd is None:
+            return False
+        end = min(self.size, -(-end // _RESERVE_STEP) * _RESERVE_STEP)
+        try:
+            os.posix_fallocate(self._fd, self._reserved, end - self._reserved)
+        except OSError as e:
+            log.debug(
+                "shared memory: cannot reserve %d bytes of %s (%s); large documents go in messages",
+                end,
+                self.path,
+                e,
+            )
+            return False
+        self._reserved = end
+        return True
 
     def free(self, offset: int) -> None:
         size = self._used.pop(offset, None)
