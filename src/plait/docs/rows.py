@@ -211,6 +211,12 @@ def _tensor_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
 
 
 def _msgpack_ext_hook(code: int, data: memoryview) -> Any:
+    # A batch's tensors mostly share one dtype and shape: one comparison with the last header read
+    # stands for parsing and checking it again (same header bytes, same size: same tensor layout).
+    header, dtype, shape, size = _last_tensor
+    if code == TENSOR_EXT and len(data) == size and data[: len(header)] == header:
+        array: np.ndarray[Any, Any] = _np.ndarray(shape, dtype, data, len(header))
+        return array
     if code != TENSOR_EXT:
         raise CodecError(f"malformed payload: unknown msgpack extension type {code}")
     try:
@@ -230,16 +236,23 @@ def _tensor_from_payload(data: memoryview) -> np.ndarray[Any, Any]:
         raise CodecError("malformed payload: truncated tensor header") from None
     if size < header_size:
         raise CodecError("malformed payload: truncated tensor shape")
-    dtype, shape, nbytes = _parse_tensor_header(data[:header_size].tobytes())
+    header = data[:header_size].tobytes()
+    dtype, shape, nbytes = _parse_tensor_header(header)
     if nbytes != size - header_size:
         raise CodecError(
             f"malformed payload: tensor of shape {shape} and dtype {dtype} needs {nbytes} bytes, "
             f"got {size - header_size}"
         )
+    global _last_tensor
+    _last_tensor = (header, dtype, shape, size)
     # An array over the caller's buffer: no copy, and it keeps that buffer alive.
     numpy = _np if _np is not None else _numpy()
     array: np.ndarray[Any, Any] = numpy.ndarray(shape, dtype, data, header_size)
     return array
+
+
+_last_tensor: tuple[bytes, Any, tuple[int, ...], int] = (b"", None, (), -1)
+"""The last tensor layout read: its header bytes, dtype, shape and payload size (header included)."""
 
 
 @functools.lru_cache(maxsize=1024)
