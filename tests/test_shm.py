@@ -182,7 +182,7 @@ def test_large_docs_go_through_a_region_mapped_by_both_ends_and_come_back_whole(
         assert mapped_regions(os.getpid(), deleted=False) == set()
         assert region_files(os.getpid()) == []
         # Every slot was freed as its response came back.
-        assert [lane.shared.slots_in_use for lane in lanes_of(client)] == [0]  # type: ignore[attr-defined]
+        assert [lane.shared.region.slots_in_use for lane in lanes_of(client)] == [0]  # type: ignore[attr-defined]
         # What an executor makes of the documents comes back through the slot too.
         vectors = np.arange(200 * 64, dtype=np.float32).reshape(200, 64)
         embs = DocList[Emb]([Emb(text=str(i), embedding=vectors[i]) for i in range(200)])
@@ -215,12 +215,12 @@ def test_a_timed_out_requests_slot_is_freed_once_the_server_has_stopped_it() -> 
         # The caller's cancel stops the request; the server answers it (empty) once it will not
         # write into the slot, and only then is the slot free for another request.
         deadline = time.monotonic() + 5
-        while lane.shared.slots_in_use and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        while lane.shared.region.slots_in_use and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.02)
-        assert lane.shared.slots_in_use == 0  # type: ignore[attr-defined]
+        assert lane.shared.region.slots_in_use == 0  # type: ignore[attr-defined]
         out = client.post("/echo", docs, return_type=DocList[Text], request_size=50)
         assert [d.text for d in out] == [d.text for d in docs]
-        assert lane.shared.slots_in_use == 0  # type: ignore[attr-defined]
+        assert lane.shared.region.slots_in_use == 0  # type: ignore[attr-defined]
 
 
 async def _raw_stream(port: int, offer: tuple[tuple[str, str], ...]) -> None:
@@ -292,7 +292,7 @@ def test_shared_memory_does_not_get_around_the_servers_message_size_limit() -> N
             d.text for d in docs
         ]
         (lane,) = lanes_of(client)
-        assert lane.shared is not None and lane.shared.slots_in_use == 0  # type: ignore[attr-defined]
+        assert lane.shared is not None and lane.shared.region.slots_in_use == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http", "websocket"])

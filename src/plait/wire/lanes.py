@@ -44,14 +44,13 @@ from typing import Any
 import grpc
 import msgspec
 
-from plait.errors import ERROR_METADATA_KEY, UnavailableError, error_from_details
+from plait.errors import ERROR_METADATA_KEY, error_from_details
 from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
 from plait.wire.retry import SHUTTING_DOWN, never_started
 from plait.wire.settle import settled
-from plait.wire.shm import SHM_KEY, Region, put_docs, take_docs
+from plait.wire.shm import SHM_KEY, CallerSlots, Region
 from plait.wire.shm import enabled as shm_enabled
-from plait.wire.status import error_details
 
 log = logging.getLogger("plait.wire")
 
@@ -168,9 +167,7 @@ class _Lane:
     def __init__(self, open_stream: OpenStream) -> None:
         # A region for large documents, used once the server says it mapped it (plait.wire.shm).
         self._offered = Region.create() if shm_enabled() else None
-        self.shared: Region | None = None
-        self._slots: dict[str, int] = {}
-        """Offset of the slot each request in flight with its docs in the region holds."""
+        self.shared: CallerSlots | None = None
         self.rpc = open_stream(self._offered.offer()) if self._offered is not None else open_stream()
         self.pending: dict[str, asyncio.Future[pb.Response]] = {}
         self.opened = time.monotonic()
@@ -197,15 +194,14 @@ class _Lane:
             metadata = await self.rpc.initial_metadata()
             self.batch_limit = batch_limit(metadata)
             if offered is not None and not self.dead and any(key == SHM_KEY for key, _ in metadata or ()):
-                self.shared, offered = offered, None
+                self.shared = CallerSlots(offered)
         except Exception:
             pass
         finally:
-            if offered is not None:  # not mapped there (another host, or refused)
-                offered.unlink()
-                offered.close()
-            elif self.shared is not None:
-                self.shared.unlink()  # both ends have it mapped: no file to leave behind
+            if offered is not None:
+                offered.unlink()  # mapped by both ends, or not mapped there: no file is left behind
+                if self.shared is None:  # not mapped there (another host, or refused)
+                    offered.close()
 
     def usable(self, now: float) -> bool:
         return not self.dead and not self.retiring and now - self.opened < LANE_MAX_AGE
@@ -230,18 +226,15 @@ class _Lane:
             if self.rpc.done():  # refused: its status says why
                 raise await self._ended()
             sent = True  # from here the message goes out even if this caller is cancelled
-            data = None
-            if self.shared is not None:
-                placed = put_docs(self.shared, request)
-                if placed is not None:
-                    data, self._slots[rid] = placed
+            data = None if self.shared is None else self.shared.place(rid, request)
             try:
                 await self._write(request.SerializeToString() if data is None else data)
             except (asyncio.InvalidStateError, grpc.aio.UsageError, grpc.RpcError):
                 # The stream ended (the server closed it, or went away) as the request was sent:
                 # it never left, so it can be sent again elsewhere.
                 sent = False
-                self._free_slot(rid)
+                if self.shared is not None:
+                    self.shared.release(rid)
                 raise _not_sent("the stream ended as the request was sent") from None
             response = await future
         finally:
@@ -304,7 +297,8 @@ class _Lane:
         async def send_cancel() -> None:
             with contextlib.suppress(Exception):
                 cancel = pb.Request(request_id=rid, cancel=True)
-                if rid in self._slots:  # asks the server to say when it will not write into the slot
+                if self.shared is not None and self.shared.holds(rid):
+                    # Asks the server to say when it will not write into the request's slot.
                     cancel.shared.SetInParent()
                 await self._write(cancel.SerializeToString())
 
@@ -333,8 +327,8 @@ class _Lane:
                     error = _not_sent("the server closed the stream (shutting down?)")
                     break
                 for one in response.batch or (response,):
-                    if self._slots:
-                        self._answered(one)
+                    if self.shared:  # a slot is held
+                        self.shared.answered(one)
                     future = self.pending.pop(one.request_id, None)
                     if future is not None and not future.done():
                         future.set_result(one)
@@ -354,31 +348,12 @@ class _Lane:
             error = _LaneEnded(grpc.StatusCode.UNAVAILABLE, f"stream reader failed: {e!r}")
         self.dead = True
         self.error = error
-        self._slots.clear()
-        if self.shared is not None:  # the server writes no more: nor reads what is left in it
+        if self.shared is not None:
             self.shared.close()
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
-
-    def _answered(self, response: pb.Response) -> None:
-        """The server is done with the request's slot: its docs come out of it, if they are there."""
-        offset = self._slots.pop(response.request_id, None)
-        if offset is None or self.shared is None:
-            return
-        if response.HasField("shared"):
-            wrong = take_docs(self.shared, response)
-            if wrong is not None:
-                response.ClearField("shared")
-                unreadable = UnavailableError(f"the server's response is unreadable: {wrong}")
-                response.error = error_details(unreadable)
-        self.shared.free(offset)
-
-    def _free_slot(self, rid: str) -> None:
-        offset = self._slots.pop(rid, None)
-        if offset is not None and self.shared is not None:
-            self.shared.free(offset)
 
     def retire(self) -> None:
         """Take no new requests; close once the ones in flight are answered."""

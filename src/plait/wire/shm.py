@@ -32,7 +32,9 @@ import mmap
 import os
 import secrets
 
+from plait.errors import UnavailableError
 from plait.wire import plait_pb2 as pb
+from plait.wire.status import error_details
 
 log = logging.getLogger("plait.wire")
 
@@ -299,3 +301,55 @@ def answer_in_slot(region: Region, offset: int, capacity: int, response: pb.Resp
         response.ClearField("docs")
         response.shared.offset = offset
         response.shared.length = len(docs)
+
+
+class CallerSlots:
+    """The caller's side of a mapped region: which request in flight holds which slot.
+
+    A slot is freed only when its request is answered (:meth:`answered`), or when the request never
+    left (:meth:`release`); a request the caller gave up on keeps its slot until the server says it
+    will not write into it, or the connection ends (:meth:`close`)."""
+
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self._held: dict[str, int] = {}
+
+    def place(self, request_id: str, request: pb.Request) -> bytes | None:
+        """``request`` serialized with its docs in a slot, or None: send it as it is."""
+        placed = put_docs(self.region, request)
+        if placed is None:
+            return None
+        data, self._held[request_id] = placed
+        return data
+
+    def holds(self, request_id: str) -> bool:
+        return request_id in self._held
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def release(self, request_id: str) -> None:
+        """The request never reached the server: its slot is free again."""
+        offset = self._held.pop(request_id, None)
+        if offset is not None:
+            self.region.free(offset)
+
+    def answered(self, response: pb.Response) -> None:
+        """The server answered: the response's docs come out of the slot (if they are there), and
+        the slot is free. A slot the caller cannot read makes the response an error."""
+        offset = self._held.pop(response.request_id, None)
+        if offset is None:
+            return
+        if response.HasField("shared"):
+            wrong = take_docs(self.region, response)
+            if wrong is not None:
+                response.ClearField("shared")
+                response.error = error_details(
+                    UnavailableError(f"the server's response is unreadable: {wrong}")
+                )
+        self.region.free(offset)
+
+    def close(self) -> None:
+        """The connection ended: the server writes no more, and nothing left in the region is read."""
+        self._held.clear()
+        self.region.close()
