@@ -12,6 +12,7 @@ around a server's message size limit.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -311,3 +312,92 @@ def test_a_flow_passes_large_docs_between_its_executors_through_regions(protocol
         pids = {child.label: child.pid for child in flow.children}
         gateway = mapped_regions(pids["gateway"])
         assert gateway & mapped_regions(pids["first"]) and gateway & mapped_regions(pids["second"])
+
+
+# -- plait's WebSocket client and a gateway on this host ---------------------------------------
+
+
+def ws_connections_of(client: Client) -> list[object]:
+    """The WebSocket client's connections (plait.client.websocket_transport._Connection)."""
+    return list(client._async._transport._connections)  # type: ignore[attr-defined]
+
+
+def test_the_websocket_client_passes_large_docs_to_a_local_gateway_through_a_region() -> None:
+    flow = Flow(host=H, quiet=True, protocol="websocket").add(name="only", uses="executors:Echo")
+    with flow, Client(H, flow.port, protocol="websocket") as client:
+        gateway = next(child.pid for child in flow.children if child.label == "gateway")
+        for n, size in ((3, 100), (100, 1000), (10, shm.REGION_BYTES // 8)):
+            docs = texts(n, size)
+            out = client.post("/echo", docs, return_type=DocList[Text], request_size=n)
+            assert [d.text for d in out] == [d.text for d in docs], (n, size)
+        (connection,) = ws_connections_of(client)
+        shared = connection.shared  # type: ignore[attr-defined]
+        assert shared is not None and shared.region.slots_in_use == 0
+        assert mapped_regions(os.getpid()) & mapped_regions(gateway)
+        assert region_files(os.getpid()) == []
+        # A request that times out keeps its slot until the gateway's own timeout reply frees it.
+        with pytest.raises(DeadlineExceededError):
+            client.post("/sleep", texts(50, 1000), parameters={"seconds": 2.0}, timeout=0.3, request_size=50)
+        deadline = time.monotonic() + 5
+        while shared.region.slots_in_use and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert shared.region.slots_in_use == 0
+        docs = texts(50, 1000)
+        assert [d.text for d in client.post("/echo", docs, return_type=DocList[Text])] == [
+            d.text for d in docs
+        ]
+    assert mapped_regions(os.getpid()) == set()
+
+
+async def _raw_websocket(port: int) -> None:
+    """Scripted slots on one WebSocket to a gateway, as another client would send them."""
+    from websockets.asyncio.client import connect
+
+    big = encode_docs(texts(40, 1000))
+    region = shm.Region.create(size=1024 * 1024)
+    assert region is not None
+    async with connect(f"ws://{H}:{port}/", additional_headers=list(region.offer()), proxy=None) as ws:
+        region.unlink()
+        assert ws.response is not None and ws.response.headers.get(shm.SHM_KEY) == "1"
+
+        async def ask(request: pb.Request) -> pb.Response:
+            """The reply: a binary Response, or (an unreadable request) the JSON error frame as one."""
+            await ws.send(request.SerializeToString())
+            reply = await ws.recv()
+            if isinstance(reply, str):
+                frame = json.loads(reply)
+                return pb.Response(request_id=frame["request_id"], error=json.dumps(frame["error"]).encode())
+            return pb.Response.FromString(reply)
+
+        slot = region.alloc(len(big))
+        assert slot is not None
+        region.write(slot[0], big)
+        shared = pb.Shared(offset=slot[0], length=len(big), capacity=slot[1])
+        good = await ask(pb.Request(request_id="a", endpoint="/echo", shared=shared))
+        assert good.HasField("shared") and not good.docs and not good.error
+        echoed = region.read(good.shared.offset, good.shared.length)
+        assert [d.text for d in decode_docs(echoed, Text)] == [d.text for d in decode_docs(big, Text)]
+        outside = pb.Shared(offset=region.size - 100, length=4096, capacity=4096)
+        bad = await ask(pb.Request(request_id="b", endpoint="/echo", shared=outside))
+        assert b"BadRequestError" in bad.error and b"outside the region" in bad.error
+        huge = pb.Shared(offset=4096, length=10**12, capacity=4096)
+        bad = await ask(pb.Request(request_id="c", endpoint="/echo", shared=huge))
+        assert b"PayloadTooLargeError" in bad.error and b"max_request_bytes" in bad.error
+        plain = await ask(pb.Request(request_id="d", endpoint="/echo", docs=big))
+        assert plain.docs == big and not plain.error
+    # Without an offer, a slot is an error too, and the connection goes on.
+    async with connect(f"ws://{H}:{port}/", proxy=None) as ws:
+        assert ws.response is not None and ws.response.headers.get(shm.SHM_KEY) is None
+        await ws.send(pb.Request(request_id="e", endpoint="/echo", shared=shared).SerializeToString())
+        reply = await ws.recv()
+        assert isinstance(reply, str) and "no region is mapped" in json.loads(reply)["error"]["message"]
+        await ws.send(pb.Request(request_id="f", endpoint="/echo", docs=big).SerializeToString())
+        reply = await ws.recv()
+        assert isinstance(reply, bytes) and pb.Response.FromString(reply).docs == big
+    region.close()
+
+
+def test_a_gateway_answers_a_malformed_websocket_slot_with_what_is_wrong_and_serves_on() -> None:
+    flow = Flow(host=H, quiet=True, protocol="websocket").add(name="only", uses="executors:Echo")
+    with flow:
+        asyncio.run(_raw_websocket(flow.port))

@@ -141,9 +141,9 @@ def encode_parameters(call: Call) -> bytes:
         raise BadRequestError(f"parameters must be JSON-serializable: {e}") from None
 
 
-def binary_request(call: Call, request_id: str, timeout: float | None = None) -> bytes:
-    """A serialized ``plait.v1.Request`` for ``call``: an HTTP body or a WebSocket binary frame."""
-    request = pb.Request(
+def binary_message(call: Call, request_id: str, timeout: float | None = None) -> pb.Request:
+    """The ``plait.v1.Request`` for ``call``, as an HTTP body or a WebSocket binary frame carries it."""
+    return pb.Request(
         request_id=request_id,
         endpoint=call.endpoint,
         parameters=encode_parameters(call) if call.parameters else b"",
@@ -151,7 +151,11 @@ def binary_request(call: Call, request_id: str, timeout: float | None = None) ->
         docs=call.docs,
         timeout=timeout or 0.0,
     )
-    data: bytes = request.SerializeToString()
+
+
+def binary_request(call: Call, request_id: str, timeout: float | None = None) -> bytes:
+    """A serialized ``plait.v1.Request`` for ``call``: an HTTP body or a WebSocket binary frame."""
+    data: bytes = binary_message(call, request_id, timeout).SerializeToString()
     return data
 
 

@@ -8,7 +8,9 @@ same port (``GET /ready``, ``GET /describe``).
 
 Unary calls go out as binary frames holding a ``plait.v1.Request`` and come back as binary
 ``plait.v1.Response`` frames (docs in the plait codec, untouched by the gateway); streaming calls
-and cancellations use the documented JSON text frames.
+and cancellations use the documented JSON text frames. A connection offers the server a
+shared-memory region in its handshake (:mod:`plait.wire.shm`); a server on this host maps it, and
+large docs of unary calls then travel in slots of it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from plait.client.http_transport import (
+    binary_message,
     binary_reply,
-    binary_request,
     encode,
     encode_parameters,
     error_from_http,
@@ -47,6 +49,8 @@ from plait.errors import (
 )
 from plait.security.client import PLAIN, ClientSecurity
 from plait.wire import plait_pb2 as pb
+from plait.wire.shm import SHM_KEY, CallerSlots, Region
+from plait.wire.shm import enabled as shm_enabled
 
 log = logging.getLogger("plait.client")
 
@@ -101,6 +105,8 @@ class _Connection:
         self.max_size = max_size
         self.security = security
         self.pending: dict[str, _Pending] = {}
+        self.shared: CallerSlots | None = None
+        """Slots in the region the server of the open connection mapped, if it did."""
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -111,11 +117,13 @@ class _Connection:
             return self._ws
         async with self._lock:
             if self._ws is None:
+                offered = Region.create() if shm_enabled() else None
+                headers = [*self.security.metadata, *(offered.offer() if offered is not None else ())]
                 try:
                     ws = await connect(
                         f"{self.security.ws_scheme}://{self.address}/",
                         ssl=self.security.ssl_context,
-                        additional_headers=self.security.metadata or None,
+                        additional_headers=headers or None,
                         max_size=self.max_size,
                         compression=None,  # JSON of small docs: deflate costs more time than it saves
                         proxy=None,  # never through a proxy taken from the environment
@@ -128,6 +136,15 @@ class _Connection:
                     raise UnavailableError(
                         f"cannot open a WebSocket to {self.address}: {e}", address=self.address
                     ) from None
+                finally:
+                    if offered is not None:
+                        offered.unlink()  # mapped by both ends, or not at all: no file is left
+                mapped = ws.response is not None and ws.response.headers.get(SHM_KEY) == "1"
+                if offered is not None:
+                    if mapped:
+                        self.shared = CallerSlots(offered)
+                    else:
+                        offered.close()
                 self._ws = ws
                 self._reader = asyncio.create_task(self._read(ws), name=f"plait-ws-reader-{self.address}")
         return self._ws
@@ -146,6 +163,9 @@ class _Connection:
         finally:
             if self._ws is ws:
                 self._ws = None
+            if self.shared is not None:  # the server writes no more into the region
+                shared, self.shared = self.shared, None
+                shared.close()
         self._fail_all(error)
 
     def _dispatch(self, message: str | bytes) -> None:
@@ -155,6 +175,8 @@ class _Connection:
         except (msgspec.MsgspecError, DecodeError) as e:
             log.warning("WebSocket %s: ignoring a malformed frame: %s", self.address, e)
             return
+        if self.shared and isinstance(frame, pb.Response):  # a slot is held: is it this one's?
+            self.shared.answered(frame)
         target = self.pending.get(frame.request_id or "")
         if target is None:
             return  # the reply of a request that timed out or was abandoned
@@ -193,6 +215,18 @@ class _Connection:
         ws = await self.socket()
         try:
             await ws.send(payload, text=not binary)
+        except ConnectionClosed:
+            raise self._closed_error(ws) from None
+
+    async def send_request(self, request: pb.Request) -> None:
+        """A unary call's request as a binary frame, its docs in a slot when the region is mapped."""
+        ws = await self.socket()
+        shared = self.shared
+        data = None if shared is None else shared.place(request.request_id, request)
+        # A slot stays held until the server answers, or the connection ends: even when this send
+        # is cancelled (the call's timeout), the frame may already be on its way.
+        try:
+            await ws.send(request.SerializeToString() if data is None else data, text=False)
         except ConnectionClosed:
             raise self._closed_error(ws) from None
 
@@ -249,7 +283,7 @@ class WebSocketTransport(Transport):
         connection.pending[request_id] = future
         try:
             async with asyncio.timeout(timeout):
-                await connection.send(binary_request(call, request_id, timeout), binary=True)
+                await connection.send_request(binary_message(call, request_id, timeout))
                 frame = await future
         except TimeoutError:
             raise _deadline(connection.address, timeout) from None

@@ -42,7 +42,7 @@ class _Front:
         if getattr(self.processor, "wants_trace_context", False):
             # The handshake's trace context parents every request of the connection.
             incoming.set(trace_headers(scope["headers"]))
-        session = WsSession(self.processor, self.options, send)
+        session = WsSession(self.processor, self.options, send, headers=scope["headers"])
         session.draining = self.draining
         self.sessions.add(session)
         try:

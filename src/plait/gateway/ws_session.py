@@ -5,6 +5,11 @@ client that sends faster than the processor serves is slowed down by TCP, not bu
 request runs in a task the session owns; replies go out as soon as they are ready, in any
 order, each carrying its ``request_id``. When the client leaves, the session cancels what it
 still runs.
+
+A client on this host may offer a shared-memory region in its handshake (the ``plait-shm``
+header, as in :mod:`plait.wire.shm`); the session maps it and says so in its accept
+(``plait-shm: 1``). Binary requests may then carry their docs in a slot of it, and get their
+response's docs back in the same slot.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from google.protobuf.message import DecodeError
 from starlette.types import Receive, Send
@@ -39,9 +44,14 @@ from plait.gateway.http_messages import (
 )
 from plait.serve import Processor
 from plait.wire import plait_pb2 as pb
+from plait.wire.shm import SHM_KEY, Region, answer_in_slot, take_docs
+from plait.wire.shm import enabled as shm_enabled
 from plait.wire.status import error_reply, message_timeout
 
 log = logging.getLogger("plait.gateway")
+
+
+_SHM_HEADER = SHM_KEY.encode()
 
 
 class _ClientGone(Exception):
@@ -51,13 +61,23 @@ class _ClientGone(Exception):
 class WsSession:
     """Serves one accepted WebSocket connection until the client disconnects."""
 
-    def __init__(self, processor: Processor, options: ServerOptions, send: Send) -> None:
+    def __init__(
+        self,
+        processor: Processor,
+        options: ServerOptions,
+        send: Send,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
         self.processor = processor
         self.options = options
         self.draining = False
         self._send_asgi = send
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_id: dict[str, asyncio.Task[None]] = {}
+        self._offer = next((v.decode("latin-1") for k, v in headers if k.lower() == _SHM_HEADER), None)
+        self._region: Region | None = None
+        self._slots: dict[str, tuple[int, int]] = {}
+        """Slot (offset, capacity) of each binary request running with its docs in the region."""
 
     @property
     def busy(self) -> bool:
@@ -78,7 +98,19 @@ class WsSession:
     async def run(self, receive: Receive) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        await self._send_asgi({"type": "websocket.accept"})
+        if self._offer is not None and shm_enabled():
+            self._region = Region.attach(self._offer)
+        try:
+            await self._serve_connection(receive)
+        finally:
+            if self._region is not None:
+                self._region.close()
+
+    async def _serve_connection(self, receive: Receive) -> None:
+        accept: dict[str, object] = {"type": "websocket.accept"}
+        if self._region is not None:
+            accept["headers"] = [(_SHM_HEADER, b"1")]
+        await self._send_asgi(accept)
         window = asyncio.Semaphore(self.options.max_in_flight)
 
         def finished(task: asyncio.Task[None]) -> None:
@@ -147,13 +179,20 @@ class WsSession:
                 request_id=None,
             ) from None
         self._refuse_when_draining(request.request_id or None)
-        if len(data) > self.options.max_request_bytes:
-            raise self._too_large(len(data), "bytes", request.request_id or None)
+        size = len(data) + (request.shared.length if request.HasField("shared") else 0)
+        if size > self.options.max_request_bytes:
+            raise self._too_large(size, "bytes", request.request_id or None)
         if not request.endpoint:
             raise BadRequestError("a request needs an endpoint", request_id=request.request_id or None)
         if not request.request_id:
             request.request_id = new_request_id()
         message_timeout(request)  # checked now: a bad one is answered like any unreadable frame
+        if request.HasField("shared"):  # its docs are in a slot of the client's region
+            slot = (request.shared.offset, request.shared.capacity)
+            wrong = take_docs(self._region, request)
+            if wrong is not None:
+                raise BadRequestError(wrong, request_id=request.request_id)
+            self._slots[request.request_id] = slot
         return request
 
     def _too_large(self, size: int, unit: str, request_id: str | None) -> PayloadTooLargeError:
@@ -214,9 +253,22 @@ class WsSession:
         async def work() -> None:
             response = await self.processor.process(request, timeout=timeout)
             response.request_id = request.request_id
+            slot = self._slots.pop(request.request_id, None)
+            if slot is not None and self._region is not None:
+                answer_in_slot(self._region, *slot, response)
             await self._send(response.SerializeToString(), binary=True)
 
-        error = await self._run(work, request.endpoint, request.request_id, timeout)
+        try:
+            error = await self._run(work, request.endpoint, request.request_id, timeout)
+        except asyncio.CancelledError:
+            if self._slots.pop(request.request_id, None) is not None:
+                # Stopped by a cancel frame: the client may reuse the slot once it hears so.
+                with contextlib.suppress(Exception):
+                    await self._send(
+                        pb.Response(request_id=request.request_id).SerializeToString(), binary=True
+                    )
+            raise
+        self._slots.pop(request.request_id, None)
         if error is not None:
             reply = error_reply(request.request_id, error)
             with contextlib.suppress(_ClientGone):
