@@ -245,17 +245,17 @@ async def _raw_stream(port: int, offer: tuple[tuple[str, str], ...]) -> None:
             assert isinstance(response, pb.Response)
             return response
 
-        slot = region.alloc(len(big))
+        slot = region.alloc(shm.ROOM + len(big))
         assert slot is not None
-        region.write(slot[0], big)
-        shared = pb.Shared(offset=slot[0], length=len(big), capacity=slot[1])
+        region.write(slot[0] + shm.ROOM, big)  # the ROOM bytes before the docs are the reader's
+        shared = pb.Shared(offset=slot[0] + shm.ROOM, length=len(big), capacity=slot[1] - shm.ROOM)
         good = await ask(pb.Request(request_id="a", endpoint="/echo", shared=shared))
         if not offer:
             assert b"no region is mapped" in good.error
             assert not good.HasField("shared")
         else:
             assert good.HasField("shared") and not good.docs and not good.error
-            assert good.shared.offset == slot[0]
+            assert good.shared.offset == slot[0] + shm.ROOM
             echoed = region.read(good.shared.offset, good.shared.length)
             assert [d.text for d in decode_docs(echoed, Text)] == [d.text for d in decode_docs(big, Text)]
             outside = pb.Shared(offset=region.size - 100, length=4096, capacity=4096)
@@ -369,10 +369,10 @@ async def _raw_websocket(port: int) -> None:
                 return pb.Response(request_id=frame["request_id"], error=json.dumps(frame["error"]).encode())
             return pb.Response.FromString(reply)
 
-        slot = region.alloc(len(big))
+        slot = region.alloc(shm.ROOM + len(big))
         assert slot is not None
-        region.write(slot[0], big)
-        shared = pb.Shared(offset=slot[0], length=len(big), capacity=slot[1])
+        region.write(slot[0] + shm.ROOM, big)  # the ROOM bytes before the docs are the reader's
+        shared = pb.Shared(offset=slot[0] + shm.ROOM, length=len(big), capacity=slot[1] - shm.ROOM)
         good = await ask(pb.Request(request_id="a", endpoint="/echo", shared=shared))
         assert good.HasField("shared") and not good.docs and not good.error
         echoed = region.read(good.shared.offset, good.shared.length)
@@ -385,6 +385,15 @@ async def _raw_websocket(port: int) -> None:
         assert b"PayloadTooLargeError" in bad.error and b"max_request_bytes" in bad.error
         plain = await ask(pb.Request(request_id="d", endpoint="/echo", docs=big))
         assert plain.docs == big and not plain.error
+        # A slotted request stopped by a cancel frame is answered, empty, so the slot can be reused.
+        slow = pb.Request(request_id="s", endpoint="/sleep", parameters=b'{"seconds": 20}', shared=shared)
+        await ws.send(slow.SerializeToString())
+        await asyncio.sleep(0.2)
+        await ws.send(json.dumps({"request_id": "s", "cancel": True}))
+        ack = await asyncio.wait_for(ws.recv(), 5)
+        assert isinstance(ack, bytes)
+        acked = pb.Response.FromString(ack)
+        assert acked.request_id == "s" and not acked.docs and not acked.error and not acked.HasField("shared")
     # Without an offer, a slot is an error too, and the connection goes on.
     async with connect(f"ws://{H}:{port}/", proxy=None) as ws:
         assert ws.response is not None and ws.response.headers.get(shm.SHM_KEY) is None

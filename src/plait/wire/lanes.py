@@ -49,7 +49,7 @@ from plait.wire import SERVICE_NAME
 from plait.wire import plait_pb2 as pb
 from plait.wire.retry import SHUTTING_DOWN, never_started
 from plait.wire.settle import settled
-from plait.wire.shm import SHM_KEY, CallerSlots, Region
+from plait.wire.shm import SHM_KEY, CallerSlots, Region, varint
 from plait.wire.shm import enabled as shm_enabled
 
 log = logging.getLogger("plait.wire")
@@ -95,19 +95,10 @@ _REQUEST_BATCH_TAG = b"\x4a"  # field 9 (Request.batch), length-delimited
 _RESPONSE_BATCH_TAG = b"\x2a"  # field 5 (Response.batch), length-delimited
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _carrier(tag: bytes, parts: Sequence[bytes]) -> bytes:
     """One message whose repeated ``batch`` field holds ``parts`` (each a serialized message):
     protobuf encodes a repeated message field as the concatenation of its tagged elements."""
-    return b"".join(b"".join((tag, _varint(len(part)), part)) for part in parts)
+    return b"".join(b"".join((tag, varint(len(part)), part)) for part in parts)
 
 
 def join_requests(parts: Sequence[bytes]) -> bytes:
