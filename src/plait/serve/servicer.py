@@ -29,6 +29,8 @@ from plait.wire.status import error_reply, message_timeout
 
 STREAM_WINDOW = 64
 """Requests one ProcessStream call runs at once; further ones wait to be read (backpressure)."""
+SLOTTED_PER_TURN = 4
+"""Requests of one joined message whose docs came through shared memory started per loop turn."""
 UNLIMITED_STREAM_WINDOW = 4096
 """Requests one stream may have running on a replica without an admission limit (max_concurrent=None)."""
 
@@ -154,6 +156,7 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                             put(message.error)
                             return
                         joined = len(message.batch) > 1
+                        slotted = 0
                         for request in message.batch or (message,):
                             if request.cancel:  # the caller gave up on this one: stop its work
                                 task = running.pop(request.request_id, None)
@@ -179,14 +182,16 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                             await window.acquire()
                             running[request.request_id] = tasks.create_task(one(request, slot))
                             if joined and slot is not None:
-                                # Large documents (through shared memory, so their messages are
-                                # small and join) start one loop turn apart: the one just started
-                                # runs, and its response is sent, before the next starts. Else all
-                                # the carrier's requests run first and their responses leave
-                                # together, and each hop of a pipeline holds the caller's whole
-                                # window while the others wait. Small requests still start at once,
-                                # and their responses join.
-                                await asyncio.sleep(0)
+                                slotted += 1
+                                if slotted % SLOTTED_PER_TURN == 0:
+                                    # Large documents (through shared memory, so their messages
+                                    # are small and join) start a few per loop turn: those run,
+                                    # and their responses leave (joined), before the next start.
+                                    # All of a carrier at once would make each hop of a pipeline
+                                    # hold the caller's whole window while the others wait; one
+                                    # per turn would send every response alone. Small requests
+                                    # still all start at once.
+                                    await asyncio.sleep(0)
             finally:
                 put(None)
 
