@@ -5,6 +5,7 @@ stays flat. Marked slow; bounded to ~2 minutes."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ H = "127.0.0.1"
 TOTAL = 10_000
 CONCURRENCY = 64
 BUDGET_S = 150.0
+MIN_KILLS = 5
 
 
 def _rss_mb(pid: int) -> float:
@@ -64,10 +66,14 @@ def _killer(flow: Flow, stop: threading.Event, kills: list[str]) -> None:
             kills.append(victim.label)
 
 
-async def _load(port: int, endpoint: str) -> tuple[dict[str, list[str]], list[PlaitError], int]:
+async def _load(
+    port: int, endpoint: str, kills: list[str]
+) -> tuple[dict[str, list[str]], list[PlaitError], int]:
+    """At least TOTAL requests, and on until MIN_KILLS replicas were killed (a fast machine sends
+    TOTAL before that), within BUDGET_S."""
     answers: dict[str, list[str]] = {}
     failures: list[PlaitError] = []
-    counter = iter(range(TOTAL))
+    counter = itertools.count()
     deadline = time.monotonic() + BUDGET_S
     sent = 0
 
@@ -75,7 +81,7 @@ async def _load(port: int, endpoint: str) -> tuple[dict[str, list[str]], list[Pl
         nonlocal sent
         async with AsyncClient(H, port) as client:
             for i in counter:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (i >= TOTAL and len(kills) >= MIN_KILLS):
                     return
                 sent += 1
                 doc = Text(id=f"d{i}", text=str(i))
@@ -105,19 +111,19 @@ def test_soak_with_a_replica_killed_every_second() -> None:
         killer = threading.Thread(target=_killer, args=(flow, stop, kills), daemon=True)
         killer.start()
         try:
-            answers, failures, sent = asyncio.run(_load(flow.port, "/search"))
+            answers, failures, sent = asyncio.run(_load(flow.port, "/search", kills))
         finally:
             stop.set()
             killer.join(5)
         status = flow.status()
         end_gateway = _rss_mb(gateway.pid or 0)
         end_executors = [_rss_mb(s.pid or 0) for s in status if "/rep-" in s.label and s.alive]
-    assert sent == TOTAL, f"only {sent} requests were sent within {BUDGET_S}s"
-    assert len(kills) >= 5, kills
+    assert sent >= TOTAL, f"only {sent} requests were sent within {BUDGET_S}s"
+    assert len(kills) >= MIN_KILLS, kills
     assert sum(s.restarts for s in status) >= len(kills) - 2
     # Idempotent endpoint: nothing lost, nothing duplicated, every answer is its own document.
     assert not failures, failures[:3]
-    assert len(answers) == TOTAL
+    assert len(answers) == sent
     assert all(ids == [doc_id] for doc_id, ids in answers.items())
     # Memory: flat after warm-up (restarted replicas start fresh, so compare with the warm maximum).
     assert end_gateway < warm_gateway * 1.2, (warm_gateway, end_gateway)
