@@ -225,6 +225,7 @@ def measure_plait(protocols: Sequence[str], args: argparse.Namespace) -> dict[st
                 with flow:
                     starts.append(time.perf_counter() - t0)
             result["startup_one_protocol_s"][protocol] = statistics.median(starts)
+            result.setdefault("startup_runs_s", {})[protocol] = [round(t, 3) for t in starts]
     flow = make_flow(protocols)
     t0 = time.perf_counter()
     with flow:
@@ -249,7 +250,7 @@ def measure_plait(protocols: Sequence[str], args: argparse.Namespace) -> dict[st
 def jina_summary(run: dict[str, Any]) -> dict[str, Any]:
     """The fields of one jina_echo.py result this benchmark uses, RSS split gateway/executors."""
     keep = ("p50_ms", "p99_ms", "bulk_small_docs_per_s", "bulk_embed_docs_per_s", "startup_s")
-    out = {k: run.get(k) for k in (*keep, "conc_rps", "conc_p50_ms", "conc_p99_ms")}
+    out = {k: run.get(k) for k in (*keep, "startup_runs_s", "conc_rps", "conc_p50_ms", "conc_p99_ms")}
     rss = run.get("rss_mb") or {}
     executors = [v["rss_mb"] for k, v in rss.items() if k.startswith("echo") and v.get("rss_mb")]
     gateway = rss.get("gateway", {}).get("rss_mb")
