@@ -17,6 +17,11 @@ initial metadata; from then on:
 - the caller copies the response's documents out and frees the slot. A slot is freed only when its
   request is answered or the lane ends: a server never writes into a slot the caller reused.
 
+The ``ROOM`` bytes of a slot before its documents are the reader's: it writes the protobuf field
+header there and merges the documents into its message straight from the mapping. plait's
+WebSocket client and gateway do the same for binary frames, the offer and the answer travelling as
+``plait-shm`` headers of the handshake (:mod:`plait.gateway.ws_session`).
+
 The caller unlinks the file once the server has answered (both sides keep their mappings), so no
 file outlives a crash. Nothing changes for a server elsewhere (another host, a container): it cannot
 open the path, says nothing, and the documents travel in the messages. ``PLAIT_SHM=0`` in a
