@@ -26,7 +26,7 @@ from executors import Emb, Text
 
 from plait import Client, Deployment, DocList, Flow
 from plait.docs import decode_docs, encode_docs
-from plait.errors import DeadlineExceededError, PayloadTooLargeError
+from plait.errors import DeadlineExceededError, PayloadTooLargeError, UnavailableError
 from plait.wire import SERVICE_NAME, shm
 from plait.wire import plait_pb2 as pb
 
@@ -413,3 +413,19 @@ def test_a_gateway_answers_a_malformed_websocket_slot_with_what_is_wrong_and_ser
     flow = Flow(host=H, quiet=True, protocol="websocket").add(name="only", uses="executors:Echo")
     with flow:
         asyncio.run(_raw_websocket(flow.port))
+
+
+def test_a_websocket_client_that_cannot_connect_keeps_no_region_open() -> None:
+    from plait.client.websocket_transport import _Connection
+    from plait.orchestrate.process import free_port
+
+    async def reconnect_many_times() -> None:
+        connection = _Connection(f"{H}:{free_port(H)}", None)  # nothing listens there
+        for _ in range(10):
+            with pytest.raises(UnavailableError):
+                await connection.socket()
+
+    fds = len(os.listdir("/proc/self/fd"))
+    asyncio.run(reconnect_many_times())
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1  # each failed connect closed its region's file
+    assert region_files(os.getpid()) == []

@@ -119,6 +119,7 @@ class _Connection:
             if self._ws is None:
                 offered = Region.create() if shm_enabled() else None
                 headers = [*self.security.metadata, *(offered.offer() if offered is not None else ())]
+                connected = False
                 try:
                     ws = await connect(
                         f"{self.security.ws_scheme}://{self.address}/",
@@ -129,6 +130,7 @@ class _Connection:
                         proxy=None,  # never through a proxy taken from the environment
                         open_timeout=10,
                     )
+                    connected = True
                 except InvalidStatus as e:  # refused at the handshake (401, 431...): say why
                     body = bytes(e.response.body or b"")
                     raise error_from_http(e.response.status_code, body, self.address) from None
@@ -139,9 +141,10 @@ class _Connection:
                 finally:
                     if offered is not None:
                         offered.unlink()  # mapped by both ends, or not at all: no file is left
-                mapped = ws.response is not None and ws.response.headers.get(SHM_KEY) == "1"
+                        if not connected:
+                            offered.close()
                 if offered is not None:
-                    if mapped:
+                    if ws.response is not None and ws.response.headers.get(SHM_KEY) == "1":
                         self.shared = CallerSlots(offered)
                     else:
                         offered.close()
