@@ -169,12 +169,12 @@ class PlaitServicer(plait_pb2_grpc.PlaitServicer):  # type: ignore[misc]
                             if request.HasField("shared"):  # its docs are in the caller's region
                                 slot = (request.shared.offset, request.shared.capacity)
                                 refused = self._refuse_slot(request.request_id, request.shared.length)
-                                wrong = None if refused else take_docs(region, request)
-                                if refused or wrong is not None:
-                                    put(
-                                        refused
-                                        or error_reply(request.request_id, BadRequestError(wrong or ""))
-                                    )
+                                if refused is None:
+                                    wrong = take_docs(region, request)
+                                    if wrong is not None:
+                                        refused = error_reply(request.request_id, BadRequestError(wrong))
+                                if refused is not None:
+                                    put(refused)
                                     continue
                             if self._draining:
                                 put(_shutting_down(request.request_id))

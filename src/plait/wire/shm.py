@@ -57,11 +57,12 @@ request that finds no room travels in the message."""
 _PAGE = 4096
 _TOKEN_BYTES = 16
 _HEADER = _PAGE
+"""The token sits at the start of the region; slots start after its page."""
 ROOM = 16
 """Bytes of a slot before its documents: the reader writes the protobuf field header there and
 parses the documents straight out of the mapping (see :func:`take_docs`)."""
 _RESERVE_STEP = 1024 * 1024
-"""The token sits at the start of the region; slots start after its page."""
+"""A region's pages are reserved this many bytes at a time, as slots first reach them."""
 
 
 def enabled() -> bool:
@@ -278,10 +279,11 @@ def put_docs(region: Region, request: pb.Request) -> tuple[bytes, int] | None:
     goes out is a new one with its scalar fields. Clearing and restoring ``docs`` in place would
     cost far more than the copy into the slot: every bytes assignment to a message grows its
     arena, and a fresh 200 KB block faults in fresh pages."""
-    fields = request.ListFields()
+    if request.ByteSize() < MIN_BYTES:  # most requests: decided without copying their fields out
+        return None
     docs = b""
     scalars = []
-    for field, value in fields:
+    for field, value in request.ListFields():
         if field.name == "docs":
             docs = value
         elif field.type == field.TYPE_MESSAGE or field.is_repeated:
